@@ -1,0 +1,259 @@
+"""File sinks of the embedded defaults: Parquet events and JSON Lines dead letters, through Beam's filesystems.
+
+Each sink writes under a temporary folder first and renames its files into place only after every writer
+has finished (like Beam's FileBasedSink): a reader never sees a half-written file, and files of a bundle
+the runner retried are never published. File names come from the input shard and batch rank, so re-running
+the same backfill into the same output replaces files instead of adding copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Protocol
+
+import apache_beam as beam
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.event import DeadLetter, EventBatch
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("area", pa.string()),
+        ("ts", pa.timestamp("ms", tz="UTC")),
+        ("payload", pa.string()),
+        ("source", pa.string()),
+        ("offset", pa.int64()),
+    ]
+)
+"""Columns of `events/` files; `category` and `date` are the Hive partition folders above them."""
+
+_MS_PER_DAY = 86_400_000
+
+
+@dataclass(slots=True)
+class WrittenFile:
+    """One published output file and what it holds (rows, and counts by category or reason)."""
+
+    sink: str
+    path: str
+    rows: int
+    counts: dict[str, int] = field(default_factory=dict)
+    temp: str = ""
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs (s3://, hdfs://) alike."""
+    return posixpath.join(base.rstrip("/"), *[p for p in parts if p])
+
+
+class _Writer(Protocol):
+    rows: int
+    counts: dict[str, int]
+
+    def write(self, rows: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _ParquetWriter:
+    def __init__(self, stream: BinaryIO, compression: str, category: str) -> None:
+        self._stream = stream
+        self._writer = pq.ParquetWriter(stream, EVENT_SCHEMA, compression=compression)
+        self.rows = 0
+        self.counts: dict[str, int] = {category: 0}
+        self._category = category
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        self.counts[self._category] += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._stream.close()
+
+
+class _JsonLinesWriter:
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.rows = 0
+        self.counts: dict[str, int] = {}
+
+    def write(self, letters: list[DeadLetter]) -> None:
+        self._stream.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in letters))
+        self.rows += len(letters)
+        for d in letters:
+            self.counts[d.error] = self.counts.get(d.error, 0) + 1
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def event_partitions(batch: EventBatch) -> Iterator[tuple[str, str, pa.Table]]:
+    """Split a batch by (category, UTC date) into Arrow tables: (partition folder, category, table)."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    events = batch.events
+    for i, e in enumerate(events):
+        key = (e.category, e.ts // _MS_PER_DAY)
+        rows = groups.get(key)
+        if rows is None:
+            groups[key] = [i]
+        else:
+            rows.append(i)
+    for (category, day), rows in groups.items():
+        picked = events if len(rows) == len(events) else [events[i] for i in rows]
+        table = pa.Table.from_arrays(
+            [
+                pa.array([e.area for e in picked], pa.string()),
+                pa.array([e.ts for e in picked], pa.int64()).cast(EVENT_SCHEMA.field("ts").type),
+                pa.array([e.payload for e in picked], pa.binary()).cast(pa.string()),
+                pa.array([e.source for e in picked], pa.string()),
+                pa.array([e.offset for e in picked], pa.int64()),
+            ],
+            schema=EVENT_SCHEMA,
+        )
+        date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+        yield f"category={category}/date={date}", category, table
+
+
+class _ShardedWriteDoFn(beam.DoFn):
+    """Writes elements to temp files, one per (file group, partition), and emits a WrittenFile per file.
+
+    `group_of(element)` names a file group (an input shard): when it changes, the files of the previous group
+    are closed, so a worker holds only one group's files open. `None` groups every element of the bundle.
+    """
+
+    def __init__(
+        self,
+        sink: str,
+        output: str,
+        temp_dir: str,
+        ext: str,
+        group_of: Callable[[Any], str | None],
+        stem_of: Callable[[Any], str],
+        split: Callable[[Any], Iterable[tuple[str, Any, Any]]],
+        opener: Callable[[BinaryIO, Any], _Writer],
+    ) -> None:
+        self._sink, self._output, self._temp, self._ext = sink, output, temp_dir, ext
+        self._group_of, self._stem_of, self._split, self._opener = group_of, stem_of, split, opener
+        self._files_counter = Metrics.counter("dpipe.write", f"{sink}_files")
+
+    def start_bundle(self) -> None:
+        self._group: str | None = None
+        self._stem = ""
+        self._open: dict[str, tuple[str, str, _Writer]] = {}  # partition -> (temp, final, writer)
+
+    def process(self, element: Any) -> Iterator[WrittenFile]:
+        group = self._group_of(element)
+        if self._open and group != self._group:
+            yield from self._close_all()
+        if not self._open:
+            self._group, self._stem = group, self._stem_of(element)
+        for partition, key, rows in self._split(element):
+            if partition not in self._open:
+                name = f"part-{self._stem}.{self._ext}"
+                temp = join(self._temp, self._sink, partition, name)
+                final = join(self._output, self._sink, partition, name)
+                self._open[partition] = (temp, final, self._opener(FileSystems.create(temp), key))
+            self._open[partition][2].write(rows)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for written in self._close_all():
+            yield WindowedValue(written, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def _close_all(self) -> Iterator[WrittenFile]:
+        for temp, final, writer in self._open.values():
+            writer.close()
+            self._files_counter.inc()
+            yield WrittenFile(self._sink, final, writer.rows, dict(writer.counts), temp)
+        self._open = {}
+
+
+def _publish(files: list[WrittenFile]) -> list[WrittenFile]:
+    """Move every temp file into place once all writers are done."""
+    for f in sorted(files, key=lambda f: f.path):
+        _ensure_parent(f.path)
+        FileSystems.rename([f.temp], [f.path])
+    return files
+
+
+def _ensure_parent(path: str) -> None:
+    parent = posixpath.dirname(path)
+    if FileSystems.get_scheme(path) in (None, "file"):
+        os.makedirs(parent, exist_ok=True)
+    elif not FileSystems.exists(parent):
+        try:
+            FileSystems.mkdirs(parent)
+        except OSError:  # created meanwhile, or an object store without folders
+            pass
+
+
+def remove_tree(path: str) -> None:
+    """Delete a temp folder and what is left in it (object stores: every object under the prefix)."""
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+class _WriteShards(beam.PTransform):
+    def __init__(self, writer: _ShardedWriteDoFn) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return (
+            pcoll
+            | "WriteTemp" >> beam.ParDo(self._writer)
+            | "AllWritten" >> beam.combiners.ToList()
+            | "Publish" >> beam.FlatMap(_publish)
+        )
+
+
+def _batch_stem(batch: EventBatch) -> str:
+    return f"{batch.shard}-{batch.seq:06d}"
+
+
+def _letter_stem(letter: DeadLetter) -> str:
+    key = f"{letter.source}\0{letter.offset}\0{letter.stage}".encode()
+    return hashlib.blake2b(key, digest_size=10).hexdigest()
+
+
+class WriteEventsParquet(_WriteShards):
+    """EventBatch -> `events/category=C/date=YYYY-MM-DD/part-*.parquet`; emits the published files."""
+
+    def __init__(self, output: str, temp_dir: str, compression: str = "zstd") -> None:
+        codec = None if compression == "none" else compression
+        super().__init__(
+            _ShardedWriteDoFn(
+                "events", output, temp_dir, "parquet",
+                group_of=lambda b: b.shard,
+                stem_of=_batch_stem,
+                split=event_partitions,
+                opener=lambda stream, category: _ParquetWriter(stream, codec, category),
+            )
+        )
+
+
+class WriteDeadLetters(_WriteShards):
+    """DeadLetter -> `deadletter/part-*.jsonl` (raw, error, detail, source, offset, stage, category)."""
+
+    def __init__(self, output: str, temp_dir: str) -> None:
+        super().__init__(
+            _ShardedWriteDoFn(
+                "deadletter", output, temp_dir, "jsonl",
+                group_of=lambda _: None,
+                stem_of=_letter_stem,
+                split=lambda letter: [("", None, [letter])],
+                opener=lambda stream, _: _JsonLinesWriter(stream),
+            )
+        )

@@ -1,0 +1,174 @@
+"""The ALS line parser: `area,unix_ts,{json}` -> Event, or a DeadLetter with the original's reason.
+
+Rules (DESIGN §4): split on the first two commas; area non-empty; ts an unsigned decimal, milliseconds above
+1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON object (empty = `{}`);
+one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are kept as they are:
+the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced. Optional bounds
+(`max_age`, `max_future`) send out-of-range events to the dead letters instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+
+from transforms.event import DeadLetter, Event, EventBatch, LineBatch, decode_raw
+
+MS_THRESHOLD = 1283931748344  # above: milliseconds (dpipe als/line.go)
+MIN_SECONDS = 1262275200  # below: invalid (2010-01-01, as in the original)
+MAX_MS = 253402300800000  # 10000-01-01: beyond any calendar a date partition can name
+
+EMPTY_LINE = "empty line"
+NOT_3_FIELDS = "not 3 fields"
+EMPTY_AREA = "empty area"
+BAD_AREA = "area not utf-8"
+TS_INVALID = "timestamp invalid"
+NOT_JSON = "payload not json"
+TOO_OLD = "timestamp too old"
+TOO_NEW = "timestamp in the future"
+UNKNOWN_CATEGORY = "category unknown"
+
+DEADLETTER = "deadletter"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """Accepted event times in ms, inclusive; None = unbounded. Fixed once per run so workers agree."""
+
+    min_ms: int | None = None
+    max_ms: int | None = None
+
+    @classmethod
+    def around(cls, now_ms: int, max_age_s: float | None, max_future_s: float | None) -> TimeBounds:
+        return cls(
+            None if max_age_s is None else now_ms - int(max_age_s * 1000),
+            None if max_future_s is None else now_ms + int(max_future_s * 1000),
+        )
+
+
+NO_BOUNDS = TimeBounds()
+
+
+def parse_timestamp(text: bytes) -> int | None:
+    """ALS timestamp -> ms since the epoch, or None when it is not a valid one."""
+    if not text.isdigit():  # rejects '', signs, spaces and '1_000', which int() would take
+        return None
+    value = int(text)
+    if value > MS_THRESHOLD:
+        ms = value
+    elif value < MIN_SECONDS:
+        return None
+    else:
+        ms = value * 1000
+    return ms if ms < MAX_MS else None
+
+
+def parse_line(
+    raw: bytes | str,
+    source: str,
+    offset: int | None = None,
+    category: str = "",
+    bounds: TimeBounds = NO_BOUNDS,
+) -> Event | DeadLetter:
+    """Parse one line (without its `\\n`) into an Event, or say why not with a DeadLetter."""
+    line = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line:
+        return _dead(raw, EMPTY_LINE, source, offset, category)
+    parts = line.split(b",", 2)
+    if len(parts) != 3:
+        return _dead(raw, NOT_3_FIELDS, source, offset, category)
+    area_b, ts_b, payload = parts
+    if not area_b:
+        return _dead(raw, EMPTY_AREA, source, offset, category)
+    try:
+        area = area_b.decode("utf-8")
+    except UnicodeDecodeError:
+        return _dead(raw, BAD_AREA, source, offset, category)
+    ts = parse_timestamp(ts_b)
+    if ts is None:
+        return _dead(raw, TS_INVALID, source, offset, category, ts_b.decode("utf-8", "backslashreplace"))
+    if bounds.min_ms is not None and ts < bounds.min_ms:
+        return _dead(raw, TOO_OLD, source, offset, category)
+    if bounds.max_ms is not None and ts > bounds.max_ms:
+        return _dead(raw, TOO_NEW, source, offset, category)
+    if not payload:
+        payload = b"{}"
+        fields = {}
+    else:
+        try:
+            fields = orjson.loads(payload)
+        except orjson.JSONDecodeError as err:
+            return _dead(raw, NOT_JSON, source, offset, category, str(err))
+        if type(fields) is not dict:
+            return _dead(raw, NOT_JSON, source, offset, category, f"a JSON {type(fields).__name__}, not an object")
+    return Event(area, ts, category, fields, source, -1 if offset is None else offset, line, payload)
+
+
+def _dead(
+    raw: bytes | str, reason: str, source: str, offset: int | None, category: str, detail: str | None = None
+) -> DeadLetter:
+    text = raw if isinstance(raw, str) else decode_raw(raw)
+    return DeadLetter(text, reason, source, offset, "parse", detail, category or None)
+
+
+def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[EventBatch, list[DeadLetter]]:
+    """Parse every line of a batch: each line becomes exactly one event or one dead letter."""
+    out = EventBatch(batch.source, batch.shard, batch.seq)
+    dead: list[DeadLetter] = []
+    source = batch.source
+    if batch.category is None:
+        for offset, line in zip(batch.offsets, batch.lines, strict=True):
+            dead.append(
+                DeadLetter(decode_raw(line), UNKNOWN_CATEGORY, source, offset, "parse", batch.category_error)
+            )
+        return out, dead
+    category = batch.category
+    events = out.events
+    for offset, line in zip(batch.offsets, batch.lines, strict=True):
+        result = parse_line(line, source, offset, category, bounds)
+        if type(result) is Event:
+            events.append(result)
+        else:
+            dead.append(result)
+    return out, dead
+
+
+class _ParseDoFn(beam.DoFn):
+    def __init__(self, bounds: TimeBounds) -> None:
+        self._bounds = bounds
+        self._events = Metrics.counter("dpipe.parse", "events")
+        self._dead = Metrics.counter("dpipe.parse", "dead_letters")
+
+    def process(self, batch: LineBatch) -> Iterator[EventBatch | beam.pvalue.TaggedOutput]:
+        events, dead = parse_batch(batch, self._bounds)
+        self._events.inc(len(events.events))
+        self._dead.inc(len(dead))
+        if events.events:
+            yield events
+        for letter in dead:
+            yield beam.pvalue.TaggedOutput(DEADLETTER, letter)
+
+
+class ParseAls(beam.PTransform):
+    """LineBatch -> EventBatch (main output) and DeadLetter (output `deadletter`).
+
+    `result = lines | ParseAls(bounds)`; `result.events`, `result.deadletter`.
+    """
+
+    def __init__(self, bounds: TimeBounds = NO_BOUNDS, label: str | None = None) -> None:
+        super().__init__(label)
+        self._bounds = bounds
+
+    def expand(self, lines: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return lines | "Parse" >> beam.ParDo(_ParseDoFn(self._bounds)).with_outputs(DEADLETTER, main="events")
+
+
+def events_of(batches: Iterable[EventBatch]) -> list[Event]:
+    """Flatten batches (handy in tests and baselines)."""
+    return [e for b in batches for e in b.events]
