@@ -8,6 +8,7 @@ the same backfill into the same output replaces files instead of adding copies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -193,10 +194,8 @@ def _ensure_parent(path: str) -> None:
     if FileSystems.get_scheme(path) in (None, "file"):
         os.makedirs(parent, exist_ok=True)
     elif not FileSystems.exists(parent):
-        try:
+        with contextlib.suppress(OSError):  # created meanwhile, or an object store without folders
             FileSystems.mkdirs(parent)
-        except OSError:  # created meanwhile, or an object store without folders
-            pass
 
 
 def remove_tree(path: str) -> None:
