@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,20 @@ from transforms.event import LineBatch
 
 log = logging.getLogger("dpipe.read")
 
+
+def _progress_logger() -> logging.Logger:
+    """Progress goes straight to the worker's stderr: Beam's worker log forwarding would bury it."""
+    logger = logging.getLogger("dpipe.progress")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s dpipe progress [pid %(process)d]: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
 STATS = "stats"
+PROGRESS_EVERY = float(os.environ.get("DPIPE_PROGRESS_SECONDS", "10"))
 
 
 class InputError(Exception):
@@ -116,8 +131,9 @@ def iter_line_blocks(
 class _Progress:
     """Per-process progress line on long runs, at most every `every` seconds."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(self, every: float = PROGRESS_EVERY) -> None:
         self.every = every
+        self.log = _progress_logger()
         self.started = self.last = time.monotonic()
         self.lines = self.bytes = self.ranges = 0
 
@@ -128,8 +144,8 @@ class _Progress:
         if now - self.last >= self.every:
             self.last = now
             rate = self.lines / max(now - self.started, 1e-9)
-            log.info(
-                "read progress: %d ranges done, %s lines, %.0f MB, %s lines/s",
+            self.log.info(
+                "%d ranges done, %s lines, %.0f MB, %s lines/s",
                 self.ranges, f"{self.lines:,}", self.bytes / 1e6, f"{rate:,.0f}",
             )
 
@@ -173,7 +189,7 @@ class _ReadRangesDoFn(beam.DoFn):
 class ReadArchives(beam.PTransform):
     """Globs -> LineBatch (main output) and per-range read statistics (output `stats`)."""
 
-    def __init__(self, patterns: list[str], chunk_bytes: int = 64 << 20, block_bytes: int = 4 << 20) -> None:
+    def __init__(self, patterns: list[str], chunk_bytes: int = 16 << 20, block_bytes: int = 4 << 20) -> None:
         super().__init__()
         self._patterns = list(patterns)
         self._chunk_bytes = chunk_bytes
@@ -189,5 +205,8 @@ class ReadArchives(beam.PTransform):
             | "OncePerFile" >> beam.Distinct()  # two globs matching one file must not read it twice
             | "PlanRanges" >> beam.FlatMap(lambda ps: plan_ranges(ps[0], ps[1], chunk))
             | "SpreadRanges" >> beam.Reshuffle()
-            | "ReadRanges" >> beam.ParDo(_ReadRangesDoFn(self._block_bytes)).with_outputs(STATS, main="lines")
+            | "ReadRanges"
+            >> beam.ParDo(_ReadRangesDoFn(self._block_bytes))
+            .with_output_types(LineBatch)
+            .with_outputs(STATS, main="lines")
         )

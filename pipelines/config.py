@@ -62,7 +62,7 @@ class ReadConfig(_Section):
     """How archives are cut: uncompressed files into byte ranges (the unit of parallelism), ranges into
     blocks (the unit of a batch)."""
 
-    chunk_bytes: Size = 64 * 2**20
+    chunk_bytes: Size = 16 * 2**20
     block_bytes: Size = 4 * 2**20
 
 

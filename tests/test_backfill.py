@@ -5,7 +5,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -142,11 +141,11 @@ def test_unknown_option_is_a_clear_error(tmp_path: Path) -> None:
     assert "unknown option: --ouptut_dir" in proc.stderr
 
 
-def test_progress_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_progress_is_logged(capsys: pytest.CaptureFixture) -> None:
     progress = _Progress(every=0)
-    with caplog.at_level(logging.INFO, logger="dpipe.read"):
-        progress.add(1500, 3_000_000)
-    assert "read progress" in caplog.text and "1,500 lines" in caplog.text
+    progress.log.handlers[0].setStream(sys.stderr)  # the stream pytest captures now
+    progress.add(1500, 3_000_000)
+    assert "dpipe progress" in capsys.readouterr().err and "1,500 lines" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_without_a_file() -> None:
     job = load_config(None)
     assert job == JobConfig()
-    assert job.parse.max_age is None and job.read.chunk_bytes == 64 * 2**20
+    assert job.parse.max_age is None and job.read.chunk_bytes == 16 * 2**20
 
 
 def test_every_job_template_is_valid() -> None:

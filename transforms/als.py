@@ -16,7 +16,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
-from transforms.event import DeadLetter, Event, EventBatch, LineBatch, decode_raw
+from transforms.event import DeadLetter, Event, EventBatch, LineBatch, decode_raw, tune_gc
 
 MS_THRESHOLD = 1283931748344  # above: milliseconds (dpipe als/line.go)
 MIN_SECONDS = 1262275200  # below: invalid (2010-01-01, as in the original)
@@ -145,6 +145,9 @@ class _ParseDoFn(beam.DoFn):
         self._events = Metrics.counter("dpipe.parse", "events")
         self._dead = Metrics.counter("dpipe.parse", "dead_letters")
 
+    def setup(self) -> None:
+        tune_gc()
+
     def process(self, batch: LineBatch) -> Iterator[EventBatch | beam.pvalue.TaggedOutput]:
         events, dead = parse_batch(batch, self._bounds)
         self._events.inc(len(events.events))
@@ -166,7 +169,8 @@ class ParseAls(beam.PTransform):
         self._bounds = bounds
 
     def expand(self, lines: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return lines | "Parse" >> beam.ParDo(_ParseDoFn(self._bounds)).with_outputs(DEADLETTER, main="events")
+        parse = beam.ParDo(_ParseDoFn(self._bounds)).with_output_types(EventBatch)
+        return lines | "Parse" >> parse.with_outputs(DEADLETTER, main="events")
 
 
 def events_of(batches: Iterable[EventBatch]) -> list[Event]:

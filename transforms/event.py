@@ -7,8 +7,12 @@ per-element cost is paid once per batch, not once per line.
 
 from __future__ import annotations
 
+import gc
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
+
+from apache_beam import coders
 
 
 @dataclass(slots=True)
@@ -85,3 +89,45 @@ class EventBatch:
 def decode_raw(raw: bytes) -> str:
     """Raw bytes as text for dead letters and logs: invalid UTF-8 is escaped (`\\xff`), never lost."""
     return raw.decode("utf-8", errors="backslashreplace")
+
+
+GC_GEN0_THRESHOLD = 100_000
+
+
+def tune_gc() -> None:
+    """Let a batch's objects live without a collection every 700 allocations.
+
+    A 4 MB batch retains ~70k small containers (events and their payload dicts), all acyclic and freed by
+    reference counting; with the default threshold (700) the cyclic collector rescans them over and over and
+    parsing costs 3x more (bench: 10 -> 3.5 us per line). Called from the hot DoFns' setup, once per worker.
+    """
+    if gc.get_threshold()[0] < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, 50, 1000)
+
+
+class BatchCoder(coders.Coder):
+    """Pickles batches, but estimates their size without encoding them.
+
+    Beam samples element sizes for its PCollection metrics by encoding elements; a 4 MB batch costs ~2 ms to
+    pickle, and sampling took 15% of a backfill's time before this coder. Size = the raw bytes it carries.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Any:
+        return pickle.loads(encoded)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def estimate_size(self, value: Any) -> int:
+        if isinstance(value, LineBatch):
+            return sum(map(len, value.lines)) + 16 * len(value.lines)
+        if isinstance(value, EventBatch):
+            return sum(len(e.raw) for e in value.events) * 2
+        return len(self.encode(value))
+
+
+coders.registry.register_coder(LineBatch, BatchCoder)
+coders.registry.register_coder(EventBatch, BatchCoder)
