@@ -145,7 +145,8 @@ def test_progress_is_logged(capsys: pytest.CaptureFixture) -> None:
     progress = _Progress(every=0)
     progress.log.handlers[0].setStream(sys.stderr)  # the stream pytest captures now
     progress.add(1500, 3_000_000)
-    assert "dpipe progress" in capsys.readouterr().err and "1,500 lines" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dpipe progress" in err and "1,500 lines" in err
 
 
 @pytest.mark.integration
