@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m pipelines.generate --output $(SAMPLE) --lines 200000 --days 3
 	rm -rf out/demo
-	$(PY) -m pipelines.backfill --config templates/jobs/backfill.yaml \
+	$(PY) -m pipelines.backfill --config templates/jobs/engine.als.yaml \
 		--input '$(SAMPLE)/logs/*' --output out/demo
 
 lint: setup

@@ -35,9 +35,21 @@ EVENT_SCHEMA = pa.schema(
         ("payload", pa.string()),
         ("source", pa.string()),
         ("offset", pa.int64()),
+        ("_id", pa.string()),
+        ("_index", pa.string()),
     ]
 )
-"""Columns of `events/` files; `category` and `date` are the Hive partition folders above them."""
+"""Base columns of `events/` files; `category` and `date` are the Hive partition folders above them, and
+the decorations the job configures follow as typed columns (one union schema for every category: a column
+an event's category never sets is null)."""
+
+
+def event_schema(decorations: list[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    schema = EVENT_SCHEMA
+    for name, typ in decorations:
+        if schema.get_field_index(name) < 0:
+            schema = schema.append(pa.field(name, typ))
+    return schema
 
 _MS_PER_DAY = 86_400_000
 
@@ -68,9 +80,9 @@ class _Writer(Protocol):
 
 
 class _ParquetWriter:
-    def __init__(self, stream: BinaryIO, compression: str, category: str) -> None:
+    def __init__(self, stream: BinaryIO, schema: pa.Schema, compression: str | None, category: str) -> None:
         self._stream = stream
-        self._writer = pq.ParquetWriter(stream, EVENT_SCHEMA, compression=compression)
+        self._writer = pq.ParquetWriter(stream, schema, compression=compression)
         self.rows = 0
         self.counts: dict[str, int] = {category: 0}
         self._category = category
@@ -101,7 +113,7 @@ class _JsonLinesWriter:
         self._stream.close()
 
 
-def event_partitions(batch: EventBatch) -> Iterator[tuple[str, str, pa.Table]]:
+def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Iterator[tuple[str, str, pa.Table]]:
     """Split a batch by (category, UTC date) into Arrow tables: (partition folder, category, table)."""
     groups: dict[tuple[str, int], list[int]] = {}
     events = batch.events
@@ -114,16 +126,19 @@ def event_partitions(batch: EventBatch) -> Iterator[tuple[str, str, pa.Table]]:
             rows.append(i)
     for (category, day), rows in groups.items():
         picked = events if len(rows) == len(events) else [events[i] for i in rows]
-        table = pa.Table.from_arrays(
-            [
-                pa.array([e.area for e in picked], pa.string()),
-                pa.array([e.ts for e in picked], pa.int64()).cast(EVENT_SCHEMA.field("ts").type),
-                pa.array([e.payload for e in picked], pa.string()),  # orjson checked the UTF-8
-                pa.array([e.source for e in picked], pa.string()),
-                pa.array([e.offset for e in picked], pa.int64()),
-            ],
-            schema=EVENT_SCHEMA,
-        )
+        columns = [
+            pa.array([e.area for e in picked], pa.string()),
+            pa.array([e.ts for e in picked], pa.int64()).cast(EVENT_SCHEMA.field("ts").type),
+            # orjson checked the UTF-8 of payloads as received; changed fields are serialised again
+            pa.array([e.payload if e.payload is not None else orjson.dumps(e.fields) for e in picked], pa.string()),
+            pa.array([e.source for e in picked], pa.string()),
+            pa.array([e.offset for e in picked], pa.int64()),
+            pa.array([e.doc_id or None for e in picked], pa.string()),
+            pa.array([e.index or None for e in picked], pa.string()),
+        ]
+        for name in schema.names[len(EVENT_SCHEMA):]:
+            columns.append(pa.array([e.decor.get(name) if e.decor else None for e in picked], schema.field(name).type))
+        table = pa.Table.from_arrays(columns, schema=schema)
         date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
         yield f"category={category}/date={date}", category, table
 
@@ -230,15 +245,17 @@ def _letter_stem(letter: DeadLetter) -> str:
 class WriteEventsParquet(_WriteShards):
     """EventBatch -> `events/category=C/date=YYYY-MM-DD/part-*.parquet`; emits the published files."""
 
-    def __init__(self, output: str, temp_dir: str, compression: str = "zstd") -> None:
+    def __init__(
+        self, output: str, temp_dir: str, compression: str = "zstd", schema: pa.Schema = EVENT_SCHEMA
+    ) -> None:
         codec = None if compression == "none" else compression
         super().__init__(
             _ShardedWriteDoFn(
                 "events", output, temp_dir, "parquet",
                 group_of=lambda b: b.shard,
                 stem_of=_batch_stem,
-                split=event_partitions,
-                opener=lambda stream, category: _ParquetWriter(stream, codec, category),
+                split=lambda batch: event_partitions(batch, schema),
+                opener=lambda stream, category: _ParquetWriter(stream, schema, codec, category),
             )
         )
 

@@ -41,9 +41,9 @@ def file_counts(written: WrittenFile) -> dict[str, Any]:
 
 def finish_summary(counts: dict[str, Any]) -> dict[str, Any]:
     """Fill the always-present keys and the balance check."""
-    summary = {"lines_read": 0, "bytes_read": 0, "files_read": 0, "events": 0, "dead_letters": 0}
+    summary = {"lines_read": 0, "bytes_read": 0, "files_read": 0, "events": 0, "dead_letters": 0, "unmatched": 0}
     summary.update(counts)
-    for key in ("categories", "dead_letter_reasons", "files"):
+    for key in ("categories", "dead_letter_reasons", "files", "routes", "decorate"):
         summary[key] = dict(sorted(summary.get(key, {}).items()))
     summary["balanced"] = summary["lines_read"] == summary["events"] + summary["dead_letters"]
     return summary
@@ -57,16 +57,16 @@ def _write(counts: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 class WriteSummary(beam.PTransform):
-    """(read stats, published files...) -> `<output>/summary.json`; emits the summary dict."""
+    """Count dicts and published files -> `<output>/summary.json`; emits the summary dict."""
 
-    def __init__(self, output: str) -> None:
+    def __init__(self, output: str, counts: tuple[beam.PCollection, ...], written: tuple[beam.PCollection, ...]):
         super().__init__()
         self._path = join(output, SUMMARY_FILE)
+        self._counts, self._written = counts, written
 
-    def expand(self, inputs: tuple[beam.PCollection, ...]) -> beam.PCollection:
-        read_stats, *written = inputs
-        as_counts = [read_stats] + [
-            w | f"Counts{i}" >> beam.Map(file_counts) for i, w in enumerate(written)
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        as_counts = list(self._counts) + [
+            w | f"Counts{i}" >> beam.Map(file_counts) for i, w in enumerate(self._written)
         ]
         return (
             as_counts

@@ -47,7 +47,8 @@ def build_pipeline(
     """The backfill: ReadArchives -> the one graph -> summary.json. Returns the summary PCollection."""
     read = pipeline | "ReadArchives" >> ReadArchives(inputs, job.read.chunk_bytes, job.read.block_bytes)
     outputs = graph.build(read.lines, job, run)
-    return (read[STATS], *outputs.written()) | "WriteSummary" >> WriteSummary(run.output)
+    counts = (read[STATS], *outputs.counts)
+    return pipeline | "WriteSummary" >> WriteSummary(run.output, counts, outputs.written())
 
 
 def run_backfill(inputs: list[str], output: str, job: JobConfig, beam_args: list[str],
@@ -78,6 +79,10 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         f"({summary['bytes_read'] / 1e6:,.1f} MB) in {seconds:,.1f} s ({lines / max(seconds, 1e-9):,.0f} lines/s)",
         f"  events        {summary['events']:>12,}   {top(summary['categories'])}",
         f"  dead letters  {summary['dead_letters']:>12,}   {top(summary['dead_letter_reasons'])}",
+    ]
+    if summary["routes"]:
+        out.append(f"  routes        {top(summary['routes'])}; unmatched {summary['unmatched']:,}")
+    out += [
         f"  output        {output}  "
         + ", ".join(f"{sink}/ {n} files" for sink, n in summary["files"].items()),
     ]

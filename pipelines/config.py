@@ -6,12 +6,27 @@ and what was expected, e.g. `job.yaml: parse.max_age: expected a duration such a
 
 from __future__ import annotations
 
+import itertools
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from transforms.decorate import BUILTIN_PATTERNS, DelOp, GeoIpOp, IndexNamer, MoneyOp, NormalizeOp, Op, RangeOp, Rule
+from transforms.geoip import default_db
+from transforms.money import DEFAULT_RATES, EXPONENTS
+from transforms.route import Condition, Matcher, RouteSpec
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -70,11 +85,205 @@ class ArchiveConfig(_Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
+DottedKey = Annotated[str, Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+Keys = Annotated[list[DottedKey], Field(min_length=1)]
+Names = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+
+
+class IndexConfig(_Section):
+    """Index names: `@ym` monthly, `@yw` ISO-weekly, `@ymd` daily (UTC); `rs@ym` sets its own prefix."""
+
+    prefix: str = Field(default="dpipe", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    pattern: str = Field(default="@ym", pattern=r"^([a-z0-9_.-]*(@ym|@yw|@ymw|@ymd)|[a-z0-9][a-z0-9_.-]*)$")
+
+    def namer(self) -> IndexNamer:
+        return IndexNamer(self.prefix, self.pattern)
+
+
+class ConditionConfig(_Section):
+    field: str = Field(min_length=1)
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "missing", "regex"] = "=="
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> ConditionConfig:
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op} needs a list value")
+        if self.op == "regex":
+            try:
+                re.compile(str(self.value))
+            except re.error as err:
+                raise ValueError(f"value is not a valid regex: {err}") from None
+        return self
+
+
+def _where(value: Any) -> Any:
+    """`where: {type: OK}` is short for `where: [{field: type, op: "==", value: OK}]`."""
+    if isinstance(value, dict):
+        return [{"field": k, "op": "==", "value": v} for k, v in value.items()]
+    return value
+
+
+class MatchConfig(_Section):
+    """Which events: categories and areas (names or globs like `mongo*`), and conditions that all hold."""
+
+    category: Names = []
+    area: Names = []
+    where: Annotated[list[ConditionConfig], BeforeValidator(_where)] = []
+
+    def matcher(self) -> Matcher:
+        return Matcher(
+            tuple(self.category), tuple(self.area), tuple(Condition(c.field, c.op, c.value) for c in self.where)
+        )
+
+
+class GeoIpConfig(_Section):
+    keys: Keys = ["ip", "_log_info.ip"]
+    db: str | None = None
+    fields: list[Literal["country", "city", "location"]] = ["country", "city", "location"]
+    max_db_age: Duration | None = None
+    check_interval: Duration = 60.0
+
+    @field_validator("db")
+    @classmethod
+    def _db_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no GeoIP database file at {value!r}")
+        return value
+
+
+class RangeConfig(_Section):
+    keys: Keys
+    bounds: Annotated[list[float], Field(min_length=2)]
+
+    @field_validator("bounds")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("bounds must be strictly increasing")
+        return value
+
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
+class MoneyConfig(_Section):
+    amount: DottedKey = "data.amount"
+    currency: DottedKey = "data.currency"
+    rates: dict[Currency, Annotated[float, Field(gt=0)]] | None = None
+    exponents: dict[Currency, Annotated[int, Field(ge=0, le=4)]] = {}
+
+
+class NormalizeConfig(_Section):
+    keys: Keys
+    patterns: list[str | dict[str, str]] = ["digit"]
+
+    @field_validator("patterns")
+    @classmethod
+    def _known(cls, value: list[str | dict[str, str]]) -> list[str | dict[str, str]]:
+        for item in value:
+            if isinstance(item, str) and item not in BUILTIN_PATTERNS:
+                raise ValueError(
+                    f"unknown pattern {item!r}; built in: {', '.join(BUILTIN_PATTERNS)}, or {{name: regex}}"
+                )
+            if isinstance(item, dict):
+                for regex in item.values():
+                    try:
+                        re.compile(regex)
+                    except re.error as err:
+                        raise ValueError(f"{regex!r} is not a valid regex: {err}") from None
+        return value
+
+    def regexes(self) -> list[str]:
+        out = []
+        for item in self.patterns:
+            out.extend([BUILTIN_PATTERNS[item]] if isinstance(item, str) else item.values())
+        return out
+
+
+class DelConfig(_Section):
+    keys: Keys
+
+
+class OpConfig(_Section):
+    """One op: exactly one of its keys."""
+
+    geoip: GeoIpConfig | None = None
+    range: RangeConfig | None = None
+    money: MoneyConfig | None = None
+    normalize: NormalizeConfig | None = None
+    del_: DelConfig | None = Field(default=None, alias="del")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one(cls, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) != 1:
+            raise ValueError(f"an op is one of geoip, range, money, normalize, del; got {sorted(value) or 'nothing'}")
+        if isinstance(value, dict) and next(iter(value.values())) is None:
+            return {k: {} for k in value}
+        return value
+
+    def build(self) -> Op:
+        if self.geoip is not None:
+            g = self.geoip
+            return GeoIpOp(g.keys, g.db or default_db(), g.fields, g.max_db_age, g.check_interval)
+        if self.range is not None:
+            return RangeOp(self.range.keys, self.range.bounds)
+        if self.money is not None:
+            m = self.money
+            return MoneyOp(m.amount, m.currency, m.rates or DEFAULT_RATES, {**EXPONENTS, **m.exponents})
+        if self.normalize is not None:
+            return NormalizeOp(self.normalize.keys, self.normalize.regexes())
+        assert self.del_ is not None
+        return DelOp(self.del_.keys)
+
+
+class DecorateRule(_Section):
+    match: MatchConfig = MatchConfig()
+    ops: Annotated[list[OpConfig], Field(min_length=1)]
+
+    def build(self) -> Rule:
+        has_match = self.match.category or self.match.area or self.match.where
+        return Rule([op.build() for op in self.ops], self.match.matcher() if has_match else None)
+
+
+class RouteConfig(_Section):
+    """A named selection of decorated events; sinks consume routes by name. `drop` deletes fields from this
+    route's copies only."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    match: MatchConfig = MatchConfig()
+    drop: list[DottedKey] = []
+
+    def build(self) -> RouteSpec:
+        return RouteSpec(self.name, self.match.matcher(), [DelOp(self.drop)] if self.drop else [])
+
+
 class JobConfig(_Section):
     name: str = Field(default="dpipe", min_length=1)
     parse: ParseConfig = ParseConfig()
     read: ReadConfig = ReadConfig()
     archive: ArchiveConfig = ArchiveConfig()
+    index: IndexConfig = IndexConfig()
+    decorate: list[DecorateRule] = []
+    routes: list[RouteConfig] = []
+
+    @field_validator("routes")
+    @classmethod
+    def _unique(cls, routes: list[RouteConfig]) -> list[RouteConfig]:
+        names = [r.name for r in routes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"route names must be unique: {', '.join(duplicates)} repeated")
+        return routes
+
+    def decorate_rules(self) -> list[Rule]:
+        return [rule.build() for rule in self.decorate]
+
+    def route_specs(self) -> list[RouteSpec]:
+        return [route.build() for route in self.routes]
 
 
 def load_config(path: str | Path | None) -> JobConfig:
@@ -114,22 +323,54 @@ def parse_config(data: Any, where: str = "<config>") -> JobConfig:
         raise ConfigError(f"{where}: " + f"\n{where}: ".join(lines)) from None
 
 
+_PATTERN_MEANING = {
+    r"^[^.\s]+(\.[^.\s]+)*$": "expected a dotted key such as _log_info.ip",
+    r"^[A-Za-z][A-Za-z0-9_-]*$": "expected a name of letters, digits, _ and -, starting with a letter",
+    r"^[a-z0-9][a-z0-9_.-]*$": "expected a lowercase index prefix (a-z, 0-9, _ . -)",
+    r"^([a-z0-9_.-]*(@ym|@yw|@ymw|@ymd)|[a-z0-9][a-z0-9_.-]*)$":
+        "expected @ym, @yw, @ymd, a prefix before one of them (rs@ym), or a fixed lowercase name",
+    r"^[A-Z]{3}$": "expected an ISO 4217 currency code such as EUR",
+}
+
+
 def _explain(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
     path = ".".join(loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
-        return f"{path}: unknown key; expected one of: {', '.join(allowed)}"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{path}: {message}; got {error.get('input')!r}"
+        return f"{path}: unknown key; expected one of: {', '.join(_fields_at(error['loc'][:-1]))}"
+    if kind == "string_pattern_mismatch":
+        message = _PATTERN_MEANING.get(error.get("ctx", {}).get("pattern", ""), error["msg"])
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    shown = repr(given)
+    return f"{path}: {message}" + (f"; got {shown}" if len(shown) <= 60 else "")
 
 
-def _fields_at(loc: list[str]) -> list[str]:
-    model: Any = JobConfig
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where an unknown key was found (walking models, lists and optionals)."""
+    annotation: Any = JobConfig
     for part in loc:
-        field = model.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        annotation = _model_in(annotation)
+        if isinstance(part, int) or annotation is None:
+            continue
+        field = annotation.model_fields.get(part) or next(
+            (f for f in annotation.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
             return []
-        model = field.annotation
-    return list(model.model_fields)
+        annotation = field.annotation
+    model = _model_in(annotation)
+    return [f.alias or name for name, f in model.model_fields.items()] if model else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside `X`, `list[X]`, `X | None` or `Annotated[list[X], ...]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -75,6 +75,7 @@ PHP_ERRORS = (
     "E_NOTICE: Undefined index: reward_{a} - /mnt/htdocs/rs/quest.php [{b}]",
     "E_ERROR: Allowed memory size of 268435456 bytes exhausted - /mnt/htdocs/rs/user.php [{b}]",
 )
+PUBLIC_FIRST_OCTETS = (24, 31, 46, 62, 77, 81, 90, 95, 109, 125, 171, 182, 203, 213)
 URIS = ("/", "/api/energy", "/api/quest/complete", "/api/shop/buy", "/api/friends", "/api/map/load")
 
 
@@ -108,10 +109,12 @@ class _Gen:
     def area(self) -> str:
         return self.rng.choices(AREAS, AREA_WEIGHTS)[0]
 
-    def ip(self) -> str:
-        r = self.rng
-        first = r.choice((24, 31, 46, 62, 77, 81, 90, 95, 109, 125, 171, 182, 203, 213))
-        return f"{first}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+    @staticmethod
+    def ip(uid: int) -> str:
+        """A user's public address: stable per user (as a real user's mostly is), spread over the world."""
+        h = (uid * 2654435761) & 0xFFFFFFFF
+        first = PUBLIC_FIRST_OCTETS[h % len(PUBLIC_FIRST_OCTETS)]
+        return f"{first}.{(h >> 8) & 255}.{(h >> 16) & 255}.{1 + (h >> 24) % 254}"
 
     def host(self) -> str:
         return f"172.31.{self.rng.randint(0, 63)}.{self.rng.randint(1, 254)}"
@@ -131,14 +134,14 @@ class _Gen:
                     "uid": uid, "snsid": str(100000000000 + uid), "level": min(100, 1 + int(r.expovariate(0.08))),
                     "gender": r.choice(("male", "female")), "ab": {"pay": r.choice("ab"), "quest": r.choice("ab")},
                     "payment_cash": r.randint(0, 500), "script_id": r.getrandbits(52), "serial": r.randint(1, 9),
-                    "uri": uri, "host": self.host(), "ip": self.ip(),
+                    "uri": uri, "host": self.host(), "ip": self.ip(uid),
                     "callee": f"POST+{uri}+{self.token()[:7]}", "sid": None if r.random() < 0.3 else self.token(),
                     "elapsed": round(r.lognormvariate(-4.2, 0.8), 4),
                 },
             }
         if category == "dau":
             day = datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d")
-            return {"uid": uid, "date": int(day), "ip": self.ip()}
+            return {"uid": uid, "date": int(day), "ip": self.ip(uid)}
         if category == "session":
             return {"sid": self.token(), "type": r.choice(("enter", "exit")), "lv": r.randint(1, 100),
                     "guid": uid, "ver": r.choice(("1.8.2", "1.9.0", "1.9.1"))}
@@ -201,7 +204,7 @@ class _Gen:
             else:
                 data["currency"] = currency
             self.add("payment", ts, area, {"type": "OK", "uid": uid, "data": data,
-                                           "_log_info": {"uid": uid, "ip": self.ip()}})
+                                           "_log_info": {"uid": uid, "ip": self.ip(uid)}})
             truth[area]["pay"] += 1
         return truth
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from connectors.files import WriteDeadLetters, WriteEventsParquet, join
+from connectors.files import WriteDeadLetters, WriteEventsParquet, event_schema, join
 from pipelines.config import JobConfig
 from transforms.als import ParseAls, TimeBounds
+from transforms.decorate import COUNTS, Decorate, rule_columns
+from transforms.route import Route, route_tag
 
 
 @dataclass(frozen=True)
@@ -36,21 +38,39 @@ class RunContext:
 
 @dataclass(frozen=True)
 class GraphOutputs:
-    """The published files of each sink (PCollections of WrittenFile)."""
+    """What the graph produced: published files of each sink (WrittenFile), count dicts for the summary,
+    and each route's decorated events (EventBatch), for the sinks that consume routes."""
 
     events: beam.PCollection
     dead_letters: beam.PCollection
+    counts: tuple[beam.PCollection, ...]
+    routes: dict[str, beam.PCollection]
 
     def written(self) -> tuple[beam.PCollection, ...]:
         return (self.events, self.dead_letters)
 
 
 def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutputs:
-    """Wire every branch onto a PCollection of LineBatch."""
+    """Wire every branch onto a PCollection of LineBatch: parse, decorate, archive, route."""
     bounds = TimeBounds.around(run.now_ms, job.parse.max_age, job.parse.max_future)
+    rules = job.decorate_rules()
     parsed = lines | "ParseAls" >> ParseAls(bounds)
-    events = parsed.events | "ArchiveEvents" >> WriteEventsParquet(
-        run.output, run.temp_dir, job.archive.compression
+    decorated = parsed.events | "Decorate" >> Decorate(rules, job.index.namer())
+    events = decorated.events | "ArchiveEvents" >> WriteEventsParquet(
+        run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(rules))
     )
-    dead = parsed.deadletter | "WriteDeadLetters" >> WriteDeadLetters(run.output, run.temp_dir)
-    return GraphOutputs(events=events, dead_letters=dead)
+    dead = (
+        (parsed.deadletter, decorated.deadletter)
+        | "AllDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetters" >> WriteDeadLetters(run.output, run.temp_dir)
+    )
+    routes = job.route_specs()
+    if not routes:
+        return GraphOutputs(events, dead, (decorated[COUNTS],), {})
+    routed = decorated.events | "Route" >> Route(routes)
+    return GraphOutputs(
+        events=events,
+        dead_letters=dead,
+        counts=(decorated[COUNTS], routed[COUNTS]),
+        routes={r.name: routed[route_tag(r.name)] for r in routes},
+    )

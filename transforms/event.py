@@ -21,7 +21,9 @@ class Event:
 
     `ts` is milliseconds since the epoch (UTC): second-resolution lines are scaled up, millisecond lines keep
     their precision. `raw` is the line as read (without its end of line), kept for dead letters, document ids
-    and replays; `payload` is its JSON text, which the archive stores unchanged.
+    and replays; `payload` is its JSON text, which the archive stores unchanged (None once `fields` changed).
+    `decor` holds the decorations (top-level names such as `_cntry`, `level_rg`, `_usd`), apart from the
+    payload so that the archive can type them; `doc_id` and `index` are set by the decoration stage.
     """
 
     area: str
@@ -31,7 +33,28 @@ class Event:
     source: str
     offset: int
     raw: bytes
-    payload: bytes
+    payload: bytes | None
+    decor: dict[str, Any] | None = None
+    doc_id: str = ""
+    index: str = ""
+
+    def fork(self, copy_fields: bool) -> Event:
+        """A copy for one route: its own decoration dict, and its own top-level fields when it will delete
+        from them (nested objects stay shared: `del` copies the path it walks, never mutating in place)."""
+        return Event(
+            self.area, self.ts, self.category, dict(self.fields) if copy_fields else self.fields, self.source,
+            self.offset, self.raw, self.payload, dict(self.decor) if self.decor else {}, self.doc_id, self.index,
+        )
+
+    def document(self) -> dict[str, Any]:
+        """The event as one JSON object (what a search cluster indexes): payload fields, then decorations,
+        `_area` and `_t` (event time, epoch ms)."""
+        doc = dict(self.fields)
+        if self.decor:
+            doc.update(self.decor)
+        doc["_area"] = self.area
+        doc["_t"] = self.ts
+        return doc
 
 
 @dataclass(slots=True)

@@ -1,0 +1,177 @@
+"""Routing (the original's ident/match): named selections of decorated events, each a PCollection.
+
+A route selects events by category (exact names or globs such as `mongo*`), by area, and by field
+conditions; one event may go to several routes; events no route selects are counted (they are archived all
+the same). A route may delete fields on its own copy of each event (`Event.fork`): a `del` for one route
+never shows in another route or in the archive. Only `del` runs per route: ops that can fail belong to the
+decoration stage, where a failure has one place to go (the dead letters) instead of leaving an archived
+event half-routed. Sinks (index, alarms, cardinality...) consume routes by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.decorate import COUNTS, MISSING, DelOp, compile_path, get_path
+from transforms.event import Event, EventBatch, tune_gc
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+UNMATCHED = "unmatched"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`field op value`; field is a dotted path into the payload, a decoration (`_cntry`), `area` or
+    `category`. Ops: == != < <= > >= in not_in exists missing regex. A comparison with a value of another
+    type is false, never an error."""
+
+    field: str
+    op: str = "=="
+    value: Any = None
+
+    def compile(self) -> Callable[[Event], bool]:
+        name, path, op, value = self.field, compile_path(self.field), self.op, self.value
+
+        def read(event: Event) -> Any:
+            if name == "area":
+                return event.area
+            if name == "category":
+                return event.category
+            if event.decor and name in event.decor:
+                return event.decor[name]
+            return get_path(event.fields, path)
+
+        if op == "exists":
+            return lambda e: read(e) is not MISSING
+        if op == "missing":
+            return lambda e: read(e) is MISSING
+        if op in ("in", "not_in"):
+            allowed = set(value)
+            hit = op == "in"
+            return lambda e: ((v := read(e)) is not MISSING and _hashable(v) and v in allowed) == hit
+        if op == "regex":
+            pattern = re.compile(value)
+            return lambda e: type(v := read(e)) is str and pattern.search(v) is not None
+        compare = _COMPARE[op]
+
+        def check(event: Event) -> bool:
+            v = read(event)
+            if v is MISSING:
+                return op == "!="
+            try:
+                return bool(compare(v, value))
+            except TypeError:
+                return op == "!="
+
+        return check
+
+
+def _hashable(value: Any) -> bool:
+    return not isinstance(value, dict | list)
+
+
+@dataclass
+class Matcher:
+    """Category and area lists (globs allowed), and conditions that must all hold. Empty = everything."""
+
+    categories: Sequence[str] = ()
+    areas: Sequence[str] = ()
+    where: Sequence[Condition] = ()
+    _by_category: dict[str, bool] = field(default_factory=dict, repr=False)
+    _checks: list[Callable[[Event], bool]] | None = field(default=None, repr=False)
+
+    def category_ok(self, category: str) -> bool:
+        """Cached per category: a batch's events mostly share one."""
+        ok = self._by_category.get(category)
+        if ok is None:
+            ok = not self.categories or any(fnmatch.fnmatchcase(category, c) for c in self.categories)
+            self._by_category[category] = ok
+        return ok
+
+    def event_ok(self, event: Event) -> bool:
+        if self.areas and not any(fnmatch.fnmatchcase(event.area, a) for a in self.areas):
+            return False
+        if self._checks is None:
+            self._checks = [c.compile() for c in self.where]
+        return all(check(event) for check in self._checks)
+
+    def __call__(self, event: Event) -> bool:
+        return self.category_ok(event.category) and self.event_ok(event)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_checks": None, "_by_category": {}}
+
+
+@dataclass
+class RouteSpec:
+    name: str
+    matcher: Matcher
+    delete: list[DelOp] = field(default_factory=list)
+
+
+def route_tag(name: str) -> str:
+    return f"route:{name}"
+
+
+def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str, Any]) -> dict[str, EventBatch]:
+    """Split a batch into one batch per route; a route that deletes fields gets its own copies."""
+    out = {r.name: EventBatch(batch.source, batch.shard, batch.seq) for r in routes}
+    per_route = counts.setdefault("routes", {})
+    unmatched = 0
+    for event in batch.events:
+        matched = False
+        for route in routes:
+            if not route.matcher(event):
+                continue
+            matched = True
+            if route.delete:
+                copy = event.fork(copy_fields=True)
+                for op in route.delete:
+                    op.apply(copy, counts)
+                out[route.name].events.append(copy)
+            else:
+                out[route.name].events.append(event)  # shared: sinks never change events
+        unmatched += not matched
+    for name, routed in out.items():
+        per_route[name] = per_route.get(name, 0) + len(routed.events)
+    counts[UNMATCHED] = counts.get(UNMATCHED, 0) + unmatched
+    return out
+
+
+class _RouteDoFn(beam.DoFn):
+    def __init__(self, routes: list[RouteSpec]) -> None:
+        self._routes = routes
+        self._unmatched = Metrics.counter("dpipe.route", UNMATCHED)
+
+    def setup(self) -> None:
+        tune_gc()
+
+    def process(self, batch: EventBatch) -> Iterator[Any]:
+        counts: dict[str, Any] = {}
+        for name, routed in route_batch(batch, self._routes, counts).items():
+            if routed.events:
+                yield beam.pvalue.TaggedOutput(route_tag(name), routed)
+        self._unmatched.inc(counts.get(UNMATCHED, 0))
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
+
+
+class Route(beam.PTransform):
+    """EventBatch -> one output per route (`route:<name>`, see `route_tag`) and `counts`."""
+
+    def __init__(self, routes: list[RouteSpec]) -> None:
+        super().__init__()
+        self._routes = routes
+
+    def expand(self, batches: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        tags = [route_tag(r.name) for r in self._routes]
+        return batches | "Route" >> beam.ParDo(_RouteDoFn(self._routes)).with_outputs(*tags, COUNTS)
