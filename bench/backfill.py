@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from pipelines.generate import Spec, generate
+from pipelines.generate import GENERATOR_VERSION, Spec, generate
 
 WORK = Path(__file__).resolve().parent / "work"
 
@@ -71,8 +72,11 @@ def archive(lines: int, days: int) -> tuple[Path, dict]:
     spec = Spec(lines=lines, days=days, users=max(10_000, lines // 20), seed=42)
     root = WORK / f"archive-{lines}-{days}"
     manifest_path = root / "manifest.json"
-    if manifest_path.exists() and json.loads(manifest_path.read_text())["spec"] == spec.__dict__:
-        return root / "logs", json.loads(manifest_path.read_text())
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["spec"] == spec.__dict__ and manifest.get("generator") == GENERATOR_VERSION:
+            return root / "logs", manifest
+        shutil.rmtree(root)
     print(f"generating {lines:,} lines over {days} days ...", file=sys.stderr)
     return root / "logs", generate(root, spec)
 
@@ -82,18 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode; the best is reported")
+    parser.add_argument("--config", help="job YAML for every run (e.g. templates/jobs/engine.als.yaml)")
+    parser.add_argument("--workers", default="1,2", help="worker counts of the dpipe runs, e.g. 1 or 1,2")
     args = parser.parse_args(argv)
     logs, manifest = archive(args.lines, args.days)
     size_mb = sum(p.stat().st_size for p in logs.iterdir()) / 1e6
     py = sys.executable
     glob = str(logs / "*")
-    modes = {
-        "plain Python loop, 1 process (baseline)": [py, "-m", "bench.baseline", "--input", glob],
-        "dpipe backfill, local runner, 1 worker": [py, "-m", "pipelines.backfill", "--runner", "FnApiRunner",
-                                                   "--workers", "1", "--input", glob],
-        "dpipe backfill, local runner, 2 workers": [py, "-m", "pipelines.backfill", "--runner", "FnApiRunner",
-                                                    "--workers", "2", "--input", glob],
-    }
+    config = ["--config", args.config] if args.config else []
+    modes = {"plain Python loop, 1 process (baseline)": [py, "-m", "bench.baseline", "--input", glob, *config]}
+    for n in (int(w) for w in args.workers.split(",")):
+        modes[f"dpipe backfill, local runner, {n} worker{'s' if n > 1 else ''}"] = [
+            py, "-m", "pipelines.backfill", "--runner", "FnApiRunner", "--workers", str(n), "--input", glob, *config
+        ]
     rows = []
     for name, cmd in modes.items():
         best = None
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, *best))
     base = rows[0][1]
     print(f"\n{manifest['lines']:,} lines, {len(list(logs.iterdir()))} files ({size_mb:,.0f} MB on disk, "
-          f"history gzip), {os.cpu_count()} cores\n")
+          f"history gzip), {os.cpu_count()} cores, config {args.config or 'embedded defaults'}\n")
     print("| run | wall s | lines/s | vs baseline | peak memory |")
     print("|---|---:|---:|---:|---:|")
     for name, seconds, peak in rows:

@@ -1,9 +1,10 @@
 """The plain-Python baseline of the backfill: the same read + parse + Parquet write, one process, no Beam.
 
-    python -m bench.baseline --input GLOB --output DIR
+    python -m bench.baseline --input GLOB --output DIR [--config FILE]
 
-It reuses dpipe's pure functions (the range reader, `parse_batch`, `event_partitions`), so the difference
-with `pipelines.backfill` is exactly what the framework costs or gains.
+It reuses dpipe's pure functions (the range reader, `parse_batch`, `decorate_batch`, `route_batch`,
+`event_partitions`), so the difference with `pipelines.backfill` is exactly what the framework costs or
+gains.
 """
 
 from __future__ import annotations
@@ -19,17 +20,25 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.archives import FileRange, iter_line_blocks
-from connectors.files import EVENT_SCHEMA, event_partitions
+from connectors.files import event_partitions, event_schema
 from connectors.summary import finish_summary
+from pipelines.config import JobConfig, load_config
 from transforms.als import parse_batch
 from transforms.category import UnknownCategory, category_from_path
+from transforms.decorate import decorate_batch, rule_columns
 from transforms.event import LineBatch, tune_gc
+from transforms.route import route_batch
 
 
-def run(paths: list[str], output: str) -> dict:
+def run(paths: list[str], output: str, job: JobConfig) -> dict:
     tune_gc()  # as the pipeline's workers do
+    rules, namer, routes = job.decorate_rules(), job.index.namer(), job.route_specs()
+    schema = event_schema(rule_columns(rules))
+    codec = None if job.archive.compression == "none" else job.archive.compression
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {"lines_read": 0, "events": 0, "dead_letters": 0, "files_read": 0}
+    decorate_counts: dict[str, int] = {}
+    route_counts: dict[str, int] = {}
     os.makedirs(os.path.join(output, "deadletter"), exist_ok=True)
     with open(os.path.join(output, "deadletter", "part-0.jsonl"), "wb") as dead_out:
         for path in paths:
@@ -43,12 +52,16 @@ def run(paths: list[str], output: str) -> dict:
                     counts["lines_read"] += len(lines)
                     batch = LineBatch(path, rng.shard, seq, category, offsets, lines, error)
                     events, dead = parse_batch(batch)
-                    for partition, _, table in event_partitions(events):
+                    events, failed = decorate_batch(events, rules, namer, decorate_counts)
+                    dead += failed
+                    for partition, _, table in event_partitions(events, schema):
                         if partition not in writers:
                             target = os.path.join(output, "events", partition, "part-0.parquet")
                             os.makedirs(os.path.dirname(target), exist_ok=True)
-                            writers[partition] = pq.ParquetWriter(target, EVENT_SCHEMA, compression="zstd")
+                            writers[partition] = pq.ParquetWriter(target, schema, compression=codec)
                         writers[partition].write_table(table)
+                    if routes:
+                        route_batch(events, routes, route_counts)
                     counts["events"] += len(events.events)
                     counts["dead_letters"] += len(dead)
                     dead_out.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in dead))
@@ -65,8 +78,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--config")
     args = parser.parse_args()
-    run(sorted(glob.glob(args.input)), args.output)
+    run(sorted(glob.glob(args.input)), args.output, load_config(args.config))
     return 0
 
 

@@ -136,8 +136,14 @@ def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Ite
             pa.array([e.doc_id or None for e in picked], pa.string()),
             pa.array([e.index or None for e in picked], pa.string()),
         ]
-        for name in schema.names[len(EVENT_SCHEMA):]:
-            columns.append(pa.array([e.decor.get(name) if e.decor else None for e in picked], schema.field(name).type))
+        extra = {name: [None] * len(picked) for name in schema.names[len(EVENT_SCHEMA):]}
+        if extra:
+            for i, e in enumerate(picked):  # events carry a few of the many decoration columns
+                for name, value in e.decor.items() if e.decor else ():
+                    column = extra.get(name)
+                    if column is not None:
+                        column[i] = value
+        columns += [pa.array(values, schema.field(name).type) for name, values in extra.items()]
         table = pa.Table.from_arrays(columns, schema=schema)
         date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
         yield f"category={category}/date={date}", category, table

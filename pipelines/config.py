@@ -23,7 +23,18 @@ from pydantic import (
     model_validator,
 )
 
-from transforms.decorate import BUILTIN_PATTERNS, DelOp, GeoIpOp, IndexNamer, MoneyOp, NormalizeOp, Op, RangeOp, Rule
+from transforms.decorate import (
+    BUILTIN_PATTERNS,
+    DelOp,
+    GeoIpOp,
+    IndexNamer,
+    MoneyOp,
+    NormalizeOp,
+    Op,
+    RangeOp,
+    Rule,
+    compile_path,
+)
 from transforms.geoip import default_db
 from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Condition, Matcher, RouteSpec
@@ -258,7 +269,7 @@ class RouteConfig(_Section):
     drop: list[DottedKey] = []
 
     def build(self) -> RouteSpec:
-        return RouteSpec(self.name, self.match.matcher(), [DelOp(self.drop)] if self.drop else [])
+        return RouteSpec(self.name, self.match.matcher(), tuple(compile_path(k) for k in self.drop))
 
 
 class JobConfig(_Section):

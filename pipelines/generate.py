@@ -49,6 +49,7 @@ FUNNEL_RATES = {
     "ae": (0.35, 0.25), "th": (0.30, 0.20), "nl": (0.42, 0.33),
 }
 FUNNEL_STEPS = ("visit", "cart", "pay")
+GENERATOR_VERSION = 2  # bump when the same spec gives different data
 INCIDENT = {"area": "fr", "day": 1, "minute": "14:05", "message": "mysql gone away: host db-3 errno 2006"}
 MALFORMED_SHARE = 0.01
 CRLF_SHARE = 0.005
@@ -291,6 +292,7 @@ def generate(out_dir: str | Path, spec: Spec = Spec()) -> dict[str, Any]:
 
     manifest = {
         "spec": spec.__dict__,
+        "generator": GENERATOR_VERSION,
         "lines": valid_total + malformed_n,
         "valid_lines": valid_total,
         "crlf_lines": crlf_total,

@@ -16,7 +16,7 @@ from connectors.files import WriteDeadLetters, WriteEventsParquet, event_schema,
 from pipelines.config import JobConfig
 from transforms.als import ParseAls, TimeBounds
 from transforms.decorate import COUNTS, Decorate, rule_columns
-from transforms.route import Route, route_tag
+from transforms.route import Route
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,11 @@ class RunContext:
 
 @dataclass(frozen=True)
 class GraphOutputs:
-    """What the graph produced: published files of each sink (WrittenFile), count dicts for the summary,
-    and each route's decorated events (EventBatch), for the sinks that consume routes."""
+    """What the graph produced: published files of each sink (WrittenFile) and count dicts for the summary."""
 
     events: beam.PCollection
     dead_letters: beam.PCollection
     counts: tuple[beam.PCollection, ...]
-    routes: dict[str, beam.PCollection]
 
     def written(self) -> tuple[beam.PCollection, ...]:
         return (self.events, self.dead_letters)
@@ -66,11 +64,8 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     )
     routes = job.route_specs()
     if not routes:
-        return GraphOutputs(events, dead, (decorated[COUNTS],), {})
-    routed = decorated.events | "Route" >> Route(routes)
-    return GraphOutputs(
-        events=events,
-        dead_letters=dead,
-        counts=(decorated[COUNTS], routed[COUNTS]),
-        routes={r.name: routed[route_tag(r.name)] for r in routes},
-    )
+        return GraphOutputs(events, dead, (decorated[COUNTS],))
+    # Sinks that consume routes (index, alarms, cardinality...) name them here and read routed[route_tag(r)].
+    consumed: set[str] = set()
+    routed = decorated.events | "Route" >> Route(routes, emit=consumed)
+    return GraphOutputs(events, dead, (decorated[COUNTS], routed[COUNTS]))

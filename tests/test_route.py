@@ -11,7 +11,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import runner_options
-from transforms.decorate import DelOp
 from transforms.event import Event, EventBatch
 from transforms.route import UNMATCHED, Condition, Matcher, Route, RouteSpec, route_batch, route_tag
 
@@ -58,7 +57,7 @@ def test_conditions_read_decorations() -> None:
 def routes() -> list[RouteSpec]:
     return [
         RouteSpec("dau", Matcher(categories=("dau",))),
-        RouteSpec("indexed", Matcher(categories=("dau", "pv", "error")), [DelOp(["trace", "_log_info.sid"])]),
+        RouteSpec("indexed", Matcher(categories=("dau", "pv", "error")), (("trace",), ("_log_info", "sid"))),
         RouteSpec("errors", Matcher(categories=("error", "mongo*"))),
     ]
 
@@ -74,14 +73,14 @@ def test_fan_out_and_unmatched() -> None:
     assert counts == {"routes": {"dau": 1, "indexed": 3, "errors": 2}, UNMATCHED: 1}
 
 
-def test_a_route_drop_touches_only_its_own_copies() -> None:
+def test_a_route_drop_shows_only_in_that_routes_documents() -> None:
     shared = {"sid": "s1", "uid": 7}
     e = ev("dau", trace="t", _log_info=shared)
     out = route_batch(EventBatch("f", "s", 0, [e]), routes(), {})
-    indexed, dau = out["indexed"].events[0], out["dau"].events[0]
-    assert indexed.fields == {"_log_info": {"uid": 7}} and indexed.payload is None
-    assert dau is e and e.fields == {"trace": "t", "_log_info": {"sid": "s1", "uid": 7}}
-    assert shared == {"sid": "s1", "uid": 7}
+    indexed, dau = out["indexed"], out["dau"]
+    assert indexed.events[0].document(indexed.drop) == {"_log_info": {"uid": 7}, "_area": "us", "_t": e.ts}
+    assert dau.events[0].document(dau.drop)["trace"] == "t"
+    assert e.fields == {"trace": "t", "_log_info": {"sid": "s1", "uid": 7}} and shared == {"sid": "s1", "uid": 7}
 
 
 def test_route_transform_outputs_one_pcollection_per_route() -> None:

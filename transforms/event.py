@@ -38,18 +38,13 @@ class Event:
     doc_id: str = ""
     index: str = ""
 
-    def fork(self, copy_fields: bool) -> Event:
-        """A copy for one route: its own decoration dict, and its own top-level fields when it will delete
-        from them (nested objects stay shared: `del` copies the path it walks, never mutating in place)."""
-        return Event(
-            self.area, self.ts, self.category, dict(self.fields) if copy_fields else self.fields, self.source,
-            self.offset, self.raw, self.payload, dict(self.decor) if self.decor else {}, self.doc_id, self.index,
-        )
-
-    def document(self) -> dict[str, Any]:
-        """The event as one JSON object (what a search cluster indexes): payload fields, then decorations,
-        `_area` and `_t` (event time, epoch ms)."""
+    def document(self, drop: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
+        """The event as one JSON object (what a search cluster indexes): payload fields less the `drop` paths,
+        then decorations, `_area` and `_t` (event time, epoch ms). The event itself is never changed: the
+        paths are deleted from copies (see `transforms.decorate.delete_path`)."""
         doc = dict(self.fields)
+        for path in drop:
+            delete_path(doc, path)
         if self.decor:
             doc.update(self.decor)
         doc["_area"] = self.area
@@ -101,12 +96,55 @@ class LineBatch:
 
 @dataclass(slots=True)
 class EventBatch:
-    """The events parsed from one `LineBatch`, in input order."""
+    """The events parsed from one `LineBatch`, in input order. A route's batch carries the paths that route
+    drops (`drop`), applied when a sink builds documents, so routing never copies events."""
 
     source: str
     shard: str
     seq: int
     events: list[Event] = field(default_factory=list)
+    drop: tuple[tuple[str, ...], ...] = ()
+
+
+class _Missing:
+    """The absent value (JSON null is None). Pickles by name, so `is MISSING` holds in every worker."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()
+
+
+def get_path(fields: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a dotted path (as a tuple of keys), or MISSING."""
+    node: Any = fields
+    for part in path:
+        if type(node) is not dict:
+            return MISSING
+        node = node.get(part, MISSING)
+        if node is MISSING:
+            return MISSING
+    return node
+
+
+def delete_path(fields: dict[str, Any], path: tuple[str, ...]) -> bool:
+    """Delete `path` from `fields`, copying each nested object on the way instead of changing it in place,
+    so objects shared with another event or branch stay intact. `fields` itself must be the caller's."""
+    if get_path(fields, path) is MISSING:
+        return False
+    node = fields
+    for part in path[:-1]:
+        child = dict(node[part])
+        node[part] = child
+        node = child
+    del node[path[-1]]
+    return True
 
 
 def decode_raw(raw: bytes) -> str:

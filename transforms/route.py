@@ -2,10 +2,10 @@
 
 A route selects events by category (exact names or globs such as `mongo*`), by area, and by field
 conditions; one event may go to several routes; events no route selects are counted (they are archived all
-the same). A route may delete fields on its own copy of each event (`Event.fork`): a `del` for one route
-never shows in another route or in the archive. Only `del` runs per route: ops that can fail belong to the
-decoration stage, where a failure has one place to go (the dead letters) instead of leaving an archived
-event half-routed. Sinks (index, alarms, cardinality...) consume routes by name.
+the same). A route may drop fields (`drop:`): its batches carry the paths, and sinks leave them out of the
+documents they build, so a drop for one route never shows in another route or in the archive, and routing
+copies nothing. Ops that can fail belong to the decoration stage, where a failure has one place to go (the
+dead letters) instead of leaving an archived event half-routed. Sinks consume routes by name.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.decorate import COUNTS, MISSING, DelOp, compile_path, get_path
-from transforms.event import Event, EventBatch, tune_gc
+from transforms.decorate import COUNTS, Path, compile_path
+from transforms.event import MISSING, Event, EventBatch, get_path, tune_gc
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -116,7 +116,7 @@ class Matcher:
 class RouteSpec:
     name: str
     matcher: Matcher
-    delete: list[DelOp] = field(default_factory=list)
+    drop: tuple[Path, ...] = ()
 
 
 def route_tag(name: str) -> str:
@@ -124,8 +124,8 @@ def route_tag(name: str) -> str:
 
 
 def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str, Any]) -> dict[str, EventBatch]:
-    """Split a batch into one batch per route; a route that deletes fields gets its own copies."""
-    out = {r.name: EventBatch(batch.source, batch.shard, batch.seq) for r in routes}
+    """Split a batch into one batch per route (events are shared: sinks never change them)."""
+    out = {r.name: EventBatch(batch.source, batch.shard, batch.seq, [], r.drop) for r in routes}
     per_route = counts.setdefault("routes", {})
     unmatched = 0
     for event in batch.events:
@@ -134,13 +134,7 @@ def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str
             if not route.matcher(event):
                 continue
             matched = True
-            if route.delete:
-                copy = event.fork(copy_fields=True)
-                for op in route.delete:
-                    op.apply(copy, counts)
-                out[route.name].events.append(copy)
-            else:
-                out[route.name].events.append(event)  # shared: sinks never change events
+            out[route.name].events.append(event)
         unmatched += not matched
     for name, routed in out.items():
         per_route[name] = per_route.get(name, 0) + len(routed.events)
@@ -149,8 +143,8 @@ def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str
 
 
 class _RouteDoFn(beam.DoFn):
-    def __init__(self, routes: list[RouteSpec]) -> None:
-        self._routes = routes
+    def __init__(self, routes: list[RouteSpec], emit: frozenset[str]) -> None:
+        self._routes, self._emit = routes, emit
         self._unmatched = Metrics.counter("dpipe.route", UNMATCHED)
 
     def setup(self) -> None:
@@ -159,19 +153,24 @@ class _RouteDoFn(beam.DoFn):
     def process(self, batch: EventBatch) -> Iterator[Any]:
         counts: dict[str, Any] = {}
         for name, routed in route_batch(batch, self._routes, counts).items():
-            if routed.events:
+            if routed.events and name in self._emit:
                 yield beam.pvalue.TaggedOutput(route_tag(name), routed)
         self._unmatched.inc(counts.get(UNMATCHED, 0))
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
 
 class Route(beam.PTransform):
-    """EventBatch -> one output per route (`route:<name>`, see `route_tag`) and `counts`."""
+    """EventBatch -> one output per route in `emit` (`route:<name>`, see `route_tag`) and `counts`.
 
-    def __init__(self, routes: list[RouteSpec]) -> None:
+    Every route is counted; only routes some sink consumes are emitted (`emit`, default all): a runner may
+    materialise an output nobody reads, which would cost a copy of every routed event.
+    """
+
+    def __init__(self, routes: list[RouteSpec], emit: set[str] | None = None) -> None:
         super().__init__()
         self._routes = routes
+        self._emit = frozenset(r.name for r in routes) if emit is None else frozenset(emit)
 
     def expand(self, batches: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        tags = [route_tag(r.name) for r in self._routes]
-        return batches | "Route" >> beam.ParDo(_RouteDoFn(self._routes)).with_outputs(*tags, COUNTS)
+        tags = [route_tag(name) for name in sorted(self._emit)]
+        return batches | "Route" >> beam.ParDo(_RouteDoFn(self._routes, self._emit)).with_outputs(*tags, COUNTS)
