@@ -56,12 +56,12 @@ _MS_PER_DAY = 86_400_000
 
 @dataclass(slots=True)
 class WrittenFile:
-    """One published output file and what it holds (rows, and counts by category or reason)."""
+    """One published output file and what it holds: rows, and summary counts such as {"categories": {...}}."""
 
     sink: str
     path: str
     rows: int
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
     temp: str = ""
 
 
@@ -72,7 +72,7 @@ def join(base: str, *parts: str) -> str:
 
 class _Writer(Protocol):
     rows: int
-    counts: dict[str, int]
+    counts: dict[str, dict[str, int]]
 
     def write(self, rows: Any) -> None: ...
 
@@ -84,13 +84,18 @@ class _ParquetWriter:
         self._stream = stream
         self._writer = pq.ParquetWriter(stream, schema, compression=compression)
         self.rows = 0
-        self.counts: dict[str, int] = {category: 0}
+        self._decorations = schema.names[len(EVENT_SCHEMA):]
+        self.counts: dict[str, dict[str, int]] = {"categories": {category: 0}, "decorations": {}}
         self._category = category
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table)
         self.rows += table.num_rows
-        self.counts[self._category] += table.num_rows
+        self.counts["categories"][self._category] += table.num_rows
+        decorated = self.counts["decorations"]
+        for name in self._decorations:
+            column = table.column(name)
+            decorated[name] = decorated.get(name, 0) + len(column) - column.null_count
 
     def close(self) -> None:
         self._writer.close()
@@ -101,13 +106,14 @@ class _JsonLinesWriter:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.rows = 0
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, dict[str, int]] = {"dead_letter_reasons": {}}
 
     def write(self, letters: list[DeadLetter]) -> None:
         self._stream.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in letters))
         self.rows += len(letters)
+        reasons = self.counts["dead_letter_reasons"]
         for d in letters:
-            self.counts[d.error] = self.counts.get(d.error, 0) + 1
+            reasons[d.error] = reasons.get(d.error, 0) + 1
 
     def close(self) -> None:
         self._stream.close()

@@ -80,6 +80,8 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         f"  events        {summary['events']:>12,}   {top(summary['categories'])}",
         f"  dead letters  {summary['dead_letters']:>12,}   {top(summary['dead_letter_reasons'])}",
     ]
+    if summary["decorations"]:
+        out.append(f"  decorated     {top(summary['decorations'])}")
     if summary["routes"]:
         out.append(f"  routes        {top(summary['routes'])}; unmatched {summary['unmatched']:,}")
     out += [

@@ -62,6 +62,8 @@ def test_decorations_are_typed_archive_columns(decorated) -> None:
             else:
                 assert row["_usd"] is None and row["_usd_err"].startswith("currency ")
     assert len(ids) == len(rows)  # one id per line
+    usd = sum(r["_usd"] is not None for r in rows)
+    assert decorated[1]["decorations"]["_usd"] == usd > 0  # the summary counts decorated values per column
     pv = by_category["pv"]
     assert sum(r["_cntry"] is not None for r in pv) > 0.9 * len(pv)
     labels = {r["_log_info_level_rg"] for r in pv}
