@@ -61,7 +61,7 @@ class WrittenFile:
     sink: str
     path: str
     rows: int
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
     temp: str = ""
 
 
@@ -72,7 +72,7 @@ def join(base: str, *parts: str) -> str:
 
 class _Writer(Protocol):
     rows: int
-    counts: dict[str, dict[str, int]]
+    counts: dict[str, Any]
 
     def write(self, rows: Any) -> None: ...
 
@@ -85,12 +85,13 @@ class _ParquetWriter:
         self._writer = pq.ParquetWriter(stream, schema, compression=compression)
         self.rows = 0
         self._decorations = schema.names[len(EVENT_SCHEMA):]
-        self.counts: dict[str, dict[str, int]] = {"categories": {category: 0}, "decorations": {}}
+        self.counts: dict[str, Any] = {"events": 0, "categories": {category: 0}, "decorations": {}}
         self._category = category
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table)
         self.rows += table.num_rows
+        self.counts["events"] += table.num_rows
         self.counts["categories"][self._category] += table.num_rows
         decorated = self.counts["decorations"]
         for name in self._decorations:
@@ -103,20 +104,32 @@ class _ParquetWriter:
 
 
 class _JsonLinesWriter:
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self.rows = 0
-        self.counts: dict[str, dict[str, int]] = {"dead_letter_reasons": {}}
+    """Rows as JSON Lines; `count(row, counts)` keeps the summary counts of what was written."""
 
-    def write(self, letters: list[DeadLetter]) -> None:
-        self._stream.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in letters))
-        self.rows += len(letters)
-        reasons = self.counts["dead_letter_reasons"]
-        for d in letters:
-            reasons[d.error] = reasons.get(d.error, 0) + 1
+    def __init__(self, stream: BinaryIO, to_dict: Callable[[Any], dict], count: Callable[[Any, dict], None],
+                 counts: dict[str, Any]) -> None:
+        self._stream, self._to_dict, self._count = stream, to_dict, count
+        self.rows = 0
+        self.counts = counts
+
+    def write(self, rows: list[Any]) -> None:
+        self._stream.write(b"".join(orjson.dumps(self._to_dict(r)) + b"\n" for r in rows))
+        self.rows += len(rows)
+        for row in rows:
+            self._count(row, self.counts)
 
     def close(self) -> None:
         self._stream.close()
+
+
+def _count_dead_letter(d: DeadLetter, counts: dict[str, Any]) -> None:
+    if d.stage in DeadLetter.LINE_STAGES:
+        counts["dead_letters"] += 1
+        reasons = counts["dead_letter_reasons"]
+        reasons[d.error] = reasons.get(d.error, 0) + 1
+    else:
+        sinks = counts["sink_failures"]
+        sinks[d.stage] = sinks.get(d.stage, 0) + 1
 
 
 def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Iterator[tuple[str, str, pa.Table]]:
@@ -249,9 +262,10 @@ def _batch_stem(batch: EventBatch) -> str:
     return f"{batch.shard}-{batch.seq:06d}"
 
 
-def _letter_stem(letter: DeadLetter) -> str:
-    key = f"{letter.source}\0{letter.offset}\0{letter.stage}".encode()
-    return hashlib.blake2b(key, digest_size=10).hexdigest()
+def _row_stem(row: Any) -> str:
+    """A file named after its first row: stable when the same input is bundled the same way."""
+    key = f"{row.source}\0{row.offset}\0{row.stage}" if isinstance(row, DeadLetter) else row.get("_id", repr(row))
+    return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
 
 
 class WriteEventsParquet(_WriteShards):
@@ -273,15 +287,40 @@ class WriteEventsParquet(_WriteShards):
 
 
 class WriteDeadLetters(_WriteShards):
-    """DeadLetter -> `deadletter/part-*.jsonl` (raw, error, detail, source, offset, stage, category)."""
+    """DeadLetter -> `deadletter/part-*.jsonl` (raw, error, detail, source, offset, stage, category, target)."""
 
     def __init__(self, output: str, temp_dir: str) -> None:
         super().__init__(
             _ShardedWriteDoFn(
                 "deadletter", output, temp_dir, "jsonl",
                 group_of=lambda _: None,
-                stem_of=_letter_stem,
+                stem_of=_row_stem,
                 split=lambda letter: [("", None, [letter])],
-                opener=lambda stream, _: _JsonLinesWriter(stream),
+                opener=lambda stream, _: _JsonLinesWriter(
+                    stream, DeadLetter.to_dict, _count_dead_letter,
+                    {"dead_letters": 0, "dead_letter_reasons": {}, "sink_failures": {}},
+                ),
+            )
+        )
+
+
+def _count_row(sink: str) -> Callable[[dict, dict], None]:
+    def count(row: dict, counts: dict[str, Any]) -> None:
+        counts[sink] = counts.get(sink, 0) + 1
+
+    return count
+
+
+class WriteJsonRows(_WriteShards):
+    """Result dicts -> `<sink>/part-*.jsonl`, one object per line (counters, alarms, statistics...)."""
+
+    def __init__(self, sink: str, output: str, temp_dir: str) -> None:
+        super().__init__(
+            _ShardedWriteDoFn(
+                sink, output, temp_dir, "jsonl",
+                group_of=lambda _: None,
+                stem_of=_row_stem,
+                split=lambda row: [("", None, [row])],
+                opener=lambda stream, _: _JsonLinesWriter(stream, dict, _count_row(sink), {}),
             )
         )

@@ -17,7 +17,6 @@ from connectors.files import WrittenFile, join
 
 SUMMARY_FILE = "summary.json"
 
-_SINK_TOTALS = {"events": "events", "deadletter": "dead_letters"}  # sink -> its total in the summary
 
 
 def merge_counts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -33,16 +32,15 @@ def merge_counts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def file_counts(written: WrittenFile) -> dict[str, Any]:
-    """A published file as summary counts."""
-    total = _SINK_TOTALS.get(written.sink, written.sink)
-    return {total: written.rows, **written.counts, "files": {written.sink: 1}}
+    """A published file as summary counts (its writer counted what it holds in summary terms)."""
+    return {**written.counts, "files": {written.sink: 1}}
 
 
 def finish_summary(counts: dict[str, Any]) -> dict[str, Any]:
     """Fill the always-present keys and the balance check."""
     summary = {"lines_read": 0, "bytes_read": 0, "files_read": 0, "events": 0, "dead_letters": 0, "unmatched": 0}
     summary.update(counts)
-    for key in ("categories", "dead_letter_reasons", "files", "routes", "decorate", "decorations"):
+    for key in ("categories", "dead_letter_reasons", "sink_failures", "files", "routes", "decorate", "decorations"):
         summary[key] = dict(sorted(summary.get(key, {}).items()))
     summary["balanced"] = summary["lines_read"] == summary["events"] + summary["dead_letters"]
     return summary

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.search import SearchSettings
+from transforms.counters import CounterSpec
 from transforms.decorate import (
     BUILTIN_PATTERNS,
     DelOp,
@@ -272,6 +274,74 @@ class RouteConfig(_Section):
         return RouteSpec(self.name, self.match.matcher(), tuple(compile_path(k) for k in self.drop))
 
 
+class BatchConfig(_Section):
+    docs: Annotated[int, Field(gt=0)] = 1000
+    bytes: Size = 5 * 2**20
+    seconds: Duration = 1.0
+
+
+class RetryConfig(_Section):
+    max_retries: Annotated[int, Field(ge=0, le=50)] = 8
+    initial_backoff: Duration = 0.2
+    max_backoff: Duration = 30.0
+
+
+class ElasticsearchConfig(_Section):
+    """The search-cluster sink: which routes go there, how to connect, how to batch and retry."""
+
+    routes: Annotated[list[str], Field(min_length=1)]
+    client: Literal["elasticsearch", "opensearch"] = "elasticsearch"
+    hosts: Annotated[list[Annotated[str, Field(pattern=r"^https?://")]], Field(min_length=1)] = [
+        "http://127.0.0.1:9200"
+    ]
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    verify_certs: bool = True
+    request_timeout: Duration = 30.0
+    op_type: Literal["index", "create"] = "index"
+    data_stream: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no CA file at {value!r}")
+        return value
+
+    def settings(self) -> SearchSettings:
+        return SearchSettings(
+            tuple(self.hosts), self.client, self.api_key, self.username, self.password, self.ca_file,
+            self.verify_certs, self.request_timeout, self.op_type, self.batch.docs, self.batch.bytes,
+            self.batch.seconds, self.retry.max_retries, self.retry.initial_backoff, self.retry.max_backoff,
+            self.data_stream,
+        )
+
+
+class CounterConfig(_Section):
+    """A buffered counter: count (and stats of `field`) per `interval` of event time, per `by` if given."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    route: str
+    interval: Duration = 60.0
+    field: DottedKey | None = None
+    by: DottedKey | None = None
+    index: bool = True  # also write the documents to the search cluster, when one is configured
+
+    @field_validator("interval")
+    @classmethod
+    def _whole_seconds(cls, value: float) -> float:
+        if value < 1 or value != int(value):
+            raise ValueError("expected a whole number of seconds, at least 1s")
+        return value
+
+    def spec(self) -> CounterSpec:
+        return CounterSpec(self.name, int(self.interval), self.field, self.by)
+
+
 class JobConfig(_Section):
     name: str = Field(default="dpipe", min_length=1)
     parse: ParseConfig = ParseConfig()
@@ -280,6 +350,21 @@ class JobConfig(_Section):
     index: IndexConfig = IndexConfig()
     decorate: list[DecorateRule] = []
     routes: list[RouteConfig] = []
+    elasticsearch: ElasticsearchConfig | None = None
+    counters: list[CounterConfig] = []
+
+    @model_validator(mode="after")
+    def _known_routes(self) -> JobConfig:
+        names = {r.name for r in self.routes}
+        wanted = [("elasticsearch.routes", r) for r in (self.elasticsearch.routes if self.elasticsearch else [])]
+        wanted += [(f"counters.{c.name}.route", c.route) for c in self.counters]
+        for where, route in wanted:
+            if route not in names:
+                raise ValueError(f"{where}: no route named {route!r}; routes: {', '.join(sorted(names)) or 'none'}")
+        counter_names = [c.name for c in self.counters]
+        if len(set(counter_names)) != len(counter_names):
+            raise ValueError("counter names must be unique")
+        return self
 
     @field_validator("routes")
     @classmethod

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from connectors.files import WriteDeadLetters, WriteEventsParquet, event_schema, join
+from connectors.files import WriteDeadLetters, WriteEventsParquet, WriteJsonRows, event_schema, join
+from connectors.search import WriteToElasticsearch
 from pipelines.config import JobConfig
 from transforms.als import ParseAls, TimeBounds
+from transforms.counters import BufferedCounter
 from transforms.decorate import COUNTS, Decorate, rule_columns
-from transforms.route import Route
+from transforms.route import Route, route_tag
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,10 @@ class GraphOutputs:
     events: beam.PCollection
     dead_letters: beam.PCollection
     counts: tuple[beam.PCollection, ...]
+    others: tuple[beam.PCollection, ...] = ()  # published files of the other sinks (counters/...)
 
     def written(self) -> tuple[beam.PCollection, ...]:
-        return (self.events, self.dead_letters)
+        return (self.events, self.dead_letters, *self.others)
 
 
 def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutputs:
@@ -57,15 +60,28 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     events = decorated.events | "ArchiveEvents" >> WriteEventsParquet(
         run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(rules))
     )
+    dead_letters = [parsed.deadletter, decorated.deadletter]
+    counts = [decorated[COUNTS]]
+    others = []
+    routes = job.route_specs()
+    if routes:
+        es = job.elasticsearch
+        consumed = set(es.routes if es else ()) | {c.route for c in job.counters}
+        routed = decorated.events | "Route" >> Route(routes, emit=consumed)
+        counts.append(routed[COUNTS])
+        to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
+        for counter in job.counters:
+            docs = routed[route_tag(counter.route)] | BufferedCounter(counter.spec(), job.index.namer())
+            others.append(docs | f"WriteCounter[{counter.name}]" >> WriteJsonRows("counters", run.output, run.temp_dir))
+            if es and counter.index:
+                to_index.append(docs)
+        if es and to_index:
+            indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
+            dead_letters.append(indexed.deadletter)
+            counts.append(indexed[COUNTS])
     dead = (
-        (parsed.deadletter, decorated.deadletter)
+        dead_letters
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(run.output, run.temp_dir)
     )
-    routes = job.route_specs()
-    if not routes:
-        return GraphOutputs(events, dead, (decorated[COUNTS],))
-    # Sinks that consume routes (index, alarms, cardinality...) name them here and read routed[route_tag(r)].
-    consumed: set[str] = set()
-    routed = decorated.events | "Route" >> Route(routes, emit=consumed)
-    return GraphOutputs(events, dead, (decorated[COUNTS], routed[COUNTS]))
+    return GraphOutputs(events, dead, tuple(counts), tuple(others))

@@ -40,13 +40,15 @@ class Event:
 
     def document(self, drop: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
         """The event as one JSON object (what a search cluster indexes): payload fields less the `drop` paths,
-        then decorations, `_area` and `_t` (event time, epoch ms). The event itself is never changed: the
-        paths are deleted from copies (see `transforms.decorate.delete_path`)."""
+        then decorations (and `_geo` from `_lat`/`_lon`), `_area` and `_t` (event time, epoch ms). The event
+        itself is never changed: the paths are deleted from copies (see `delete_path`)."""
         doc = dict(self.fields)
         for path in drop:
             delete_path(doc, path)
         if self.decor:
             doc.update(self.decor)
+            if self.decor.get("_lat") is not None:
+                doc["_geo"] = {"lat": self.decor["_lat"], "lon": self.decor["_lon"]}
         doc["_area"] = self.area
         doc["_t"] = self.ts
         return doc
@@ -63,6 +65,11 @@ class DeadLetter:
     stage: str = "parse"
     detail: str | None = None
     category: str | None = None
+    target: str | None = None  # where a sink failed to write it (an index name)
+
+    LINE_STAGES = ("parse", "decorate")
+    """Stages whose dead letters are lines that never became events; later stages' dead letters are events
+    (already archived) that one sink could not take."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +80,7 @@ class DeadLetter:
             "offset": self.offset,
             "stage": self.stage,
             "category": self.category,
+            "target": self.target,
         }
 
 
