@@ -37,6 +37,7 @@ def test_routes_select_what_the_template_says(decorated) -> None:
         "dau": cats["dau"],
         "indexed": cats["dau"] + cats["pv"] + cats["error"] + cats["mongoErr"],
         "errors": cats["error"] + cats["mongoErr"],
+        "pv": cats["pv"],
         "payments": cats["payment"],  # every generated payment has type OK
     }
     assert summary["unmatched"] == cats["click"] + cats["session"] + cats["phperror"]
