@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.archives import STATS, InputError, ReadArchives, check_inputs
 from connectors.files import join, remove_tree
+from connectors.search import install_templates
 from connectors.summary import SUMMARY_FILE, WriteSummary
 from pipelines import graph
 from pipelines.config import ConfigError, JobConfig, load_config
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", required=True, metavar="DIR", help="where events/, deadletter/ and summary.json go")
     parser.add_argument("--config", metavar="FILE", help="job YAML (see templates/jobs/); default: embedded defaults")
     parser.add_argument("--workers", type=int, metavar="N", help="local runner: N worker processes (default 1)")
+    parser.add_argument("--es_install_templates", action="store_true",
+                        help="install the index template and lifecycle policy (idempotent) before writing")
     return parser.parse_known_args(argv)
 
 
@@ -52,17 +55,30 @@ def build_pipeline(
 
 
 def run_backfill(inputs: list[str], output: str, job: JobConfig, beam_args: list[str],
-                 workers: int | None = None) -> dict[str, Any]:
+                 workers: int | None = None, install_templates: bool = False) -> dict[str, Any]:
     """Run the backfill to completion and return its summary (also in `<output>/summary.json`)."""
     options = beam_options(beam_args, workers)
     FileSystems.set_options(options)
     check_inputs(inputs)
+    if install_templates:
+        prepare_search_cluster(job)
     run = graph.RunContext.new(output)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, inputs, job, run)
     remove_tree(run.temp_dir)
     with FileSystems.open(join(run.output, SUMMARY_FILE)) as f:
         return orjson.loads(f.read())
+
+
+def prepare_search_cluster(job: JobConfig) -> None:
+    """--es_install_templates: the index template and lifecycle policy, before any document is written."""
+    if job.elasticsearch is None:
+        raise UsageError("--es_install_templates needs an `elasticsearch:` section in the job config")
+    try:
+        installed = install_templates(job.elasticsearch.settings(), job.index.prefix)
+    except Exception as err:  # the cluster's own words: unreachable, unauthorised, bad template
+        raise InputError(f"cannot install templates into {', '.join(job.elasticsearch.hosts)}: {err}") from None
+    log.info("installed %s", ", ".join(installed))
 
 
 def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
@@ -84,6 +100,10 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         out.append(f"  decorated     {top(summary['decorations'])}")
     if summary["routes"]:
         out.append(f"  routes        {top(summary['routes'])}; unmatched {summary['unmatched']:,}")
+    if summary.get("index"):
+        out.append(f"  indexed       {top(summary['index'])}")
+    if summary["sink_failures"]:
+        out.append(f"  sink failures {top(summary['sink_failures'])} (in deadletter/, the events are archived)")
     out += [
         f"  output        {output}  "
         + ", ".join(f"{sink}/ {n} files" for sink, n in summary["files"].items()),
@@ -104,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_config(args.config)
         started = time.monotonic()
-        summary = run_backfill(args.input, args.output, job, beam_args, args.workers)
+        summary = run_backfill(args.input, args.output, job, beam_args, args.workers, args.es_install_templates)
     except (ConfigError, InputError, UsageError) as err:
         print(f"dpipe: {err}", file=sys.stderr)
         return 2
