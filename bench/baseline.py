@@ -86,3 +86,23 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def decorated_documents(pattern: str, config: str, route: str, prefix: str) -> list[tuple[str, str, dict]]:
+    """The documents a route sends to the search cluster, built with dpipe's pure functions (for bench.index)."""
+    job = load_config(config)
+    rules, routes = job.decorate_rules(), job.route_specs()
+    namer = type(job.index.namer())(prefix, job.index.pattern)
+    docs = []
+    for path in sorted(glob.glob(pattern)):
+        try:
+            category, error = category_from_path(path), None
+        except UnknownCategory as err:
+            category, error = None, str(err)
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+            for seq, (offsets, lines) in enumerate(iter_line_blocks(stream)):
+                events, _ = parse_batch(LineBatch(path, "s", seq, category, offsets, lines, error))
+                events, _ = decorate_batch(events, rules, namer, {})
+                routed = route_batch(events, routes, {})[route]
+                docs += [(e.doc_id, e.index, e.document(routed.drop)) for e in routed.events]
+    return docs
