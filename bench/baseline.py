@@ -16,17 +16,14 @@ import sys
 
 import orjson
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-from connectors.archives import FileRange, iter_line_blocks
+from connectors.archives import FileRange, read_range
 from connectors.files import event_partitions, event_schema
 from connectors.summary import finish_summary
 from pipelines.config import JobConfig, load_config
 from transforms.als import parse_batch
-from transforms.category import UnknownCategory, category_from_path
 from transforms.decorate import decorate_batch, rule_columns
-from transforms.event import LineBatch, tune_gc
+from transforms.event import tune_gc
 from transforms.route import route_batch
 
 
@@ -42,29 +39,22 @@ def run(paths: list[str], output: str, job: JobConfig) -> dict:
     os.makedirs(os.path.join(output, "deadletter"), exist_ok=True)
     with open(os.path.join(output, "deadletter", "part-0.jsonl"), "wb") as dead_out:
         for path in paths:
-            rng = FileRange(path, 0, None)
-            try:
-                category, error = category_from_path(path), None
-            except UnknownCategory as err:
-                category, error = None, str(err)
-            with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
-                for seq, (offsets, lines) in enumerate(iter_line_blocks(stream)):
-                    counts["lines_read"] += len(lines)
-                    batch = LineBatch(path, rng.shard, seq, category, offsets, lines, error)
-                    events, dead = parse_batch(batch)
-                    events, failed = decorate_batch(events, rules, namer, decorate_counts)
-                    dead += failed
-                    for partition, _, table in event_partitions(events, schema):
-                        if partition not in writers:
-                            target = os.path.join(output, "events", partition, "part-0.parquet")
-                            os.makedirs(os.path.dirname(target), exist_ok=True)
-                            writers[partition] = pq.ParquetWriter(target, schema, compression=codec)
-                        writers[partition].write_table(table)
-                    if routes:
-                        route_batch(events, routes, route_counts)
-                    counts["events"] += len(events.events)
-                    counts["dead_letters"] += len(dead)
-                    dead_out.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in dead))
+            for batch in read_range(FileRange(path, 0, None)):
+                counts["lines_read"] += len(batch.lines)
+                events, dead = parse_batch(batch)
+                events, failed = decorate_batch(events, rules, namer, decorate_counts)
+                dead += failed
+                for partition, _, table in event_partitions(events, schema):
+                    if partition not in writers:
+                        target = os.path.join(output, "events", partition, "part-0.parquet")
+                        os.makedirs(os.path.dirname(target), exist_ok=True)
+                        writers[partition] = pq.ParquetWriter(target, schema, compression=codec)
+                    writers[partition].write_table(table)
+                if routes:
+                    route_batch(events, routes, route_counts)
+                counts["events"] += len(events.events)
+                counts["dead_letters"] += len(dead)
+                dead_out.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in dead))
             counts["files_read"] += 1
     for writer in writers.values():
         writer.close()
@@ -95,14 +85,9 @@ def decorated_documents(pattern: str, config: str, route: str, prefix: str) -> l
     namer = type(job.index.namer())(prefix, job.index.pattern)
     docs = []
     for path in sorted(glob.glob(pattern)):
-        try:
-            category, error = category_from_path(path), None
-        except UnknownCategory as err:
-            category, error = None, str(err)
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
-            for seq, (offsets, lines) in enumerate(iter_line_blocks(stream)):
-                events, _ = parse_batch(LineBatch(path, "s", seq, category, offsets, lines, error))
-                events, _ = decorate_batch(events, rules, namer, {})
-                routed = route_batch(events, routes, {})[route]
-                docs += [(e.doc_id, e.index, e.document(routed.drop)) for e in routed.events]
+        for batch in read_range(FileRange(path, 0, None)):
+            events, _ = parse_batch(batch)
+            events, _ = decorate_batch(events, rules, namer, {})
+            routed = route_batch(events, routes, {})[route]
+            docs += [(e.doc_id, e.index, e.document(routed.drop)) for e in routed.events]
     return docs

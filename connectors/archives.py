@@ -128,6 +128,17 @@ def iter_line_blocks(
             return
 
 
+def read_range(rng: FileRange, block_bytes: int = 4 << 20) -> Iterator[LineBatch]:
+    """The lines of a range, block by block, as LineBatches named after the range (its shard)."""
+    try:
+        category, category_error = category_from_path(rng.path), None
+    except UnknownCategory as err:
+        category, category_error = None, str(err)
+    with FileSystems.open(rng.path, compression_type=CompressionTypes.AUTO) as stream:
+        for seq, (offsets, lines) in enumerate(iter_line_blocks(stream, rng.start, rng.end, block_bytes)):
+            yield LineBatch(rng.path, rng.shard, seq, category, offsets, lines, category_error)
+
+
 class _Progress:
     """Per-process progress line on long runs, at most every `every` seconds."""
 
@@ -161,23 +172,17 @@ class _ReadRangesDoFn(beam.DoFn):
         self._progress = _Progress()
 
     def process(self, rng: FileRange) -> Iterator[LineBatch | beam.pvalue.TaggedOutput]:
-        try:
-            category, category_error = category_from_path(rng.path), None
-        except UnknownCategory as err:
-            category, category_error = None, str(err)
         lines_read = bytes_read = 0
-        with FileSystems.open(rng.path, compression_type=CompressionTypes.AUTO) as stream:
-            for seq, (offsets, lines) in enumerate(
-                iter_line_blocks(stream, rng.start, rng.end, self._block_bytes)
-            ):
-                nbytes = sum(map(len, lines)) + len(lines)
-                lines_read += len(lines)
-                bytes_read += nbytes
-                self._lines.inc(len(lines))
-                self._bytes.inc(nbytes)
-                if self._progress:
-                    self._progress.add(len(lines), nbytes)
-                yield LineBatch(rng.path, rng.shard, seq, category, offsets, lines, category_error)
+        for batch in read_range(rng, self._block_bytes):
+            n = len(batch.lines)
+            nbytes = sum(map(len, batch.lines)) + n
+            lines_read += n
+            bytes_read += nbytes
+            self._lines.inc(n)
+            self._bytes.inc(nbytes)
+            if self._progress:
+                self._progress.add(n, nbytes)
+            yield batch
         if self._progress:
             self._progress.ranges += 1
         yield beam.pvalue.TaggedOutput(
