@@ -265,11 +265,12 @@ def _load(name: str, prefix: str) -> dict[str, Any]:
     return body
 
 
-def template_body(prefix: str, client: str, data_stream: str | None = None) -> dict[str, Any]:
-    """The composable index template for a prefix's indices (or its data stream)."""
+def template_body(prefix: str, ilm_policy: str | None = None, data_stream: str | None = None) -> dict[str, Any]:
+    """The composable index template for a prefix's indices (or its data stream), tied to an Elasticsearch
+    ILM policy when there is one (OpenSearch's ISM attaches itself through the policy's ism_template)."""
     settings: dict[str, Any] = {"index.refresh_interval": "5s"}
-    if client == "elasticsearch":
-        settings["index.lifecycle.name"] = f"dpipe-{prefix}-events"
+    if ilm_policy:
+        settings["index.lifecycle.name"] = ilm_policy
     body: dict[str, Any] = {
         "index_patterns": [data_stream] if data_stream else [f"{prefix}_*"],
         "priority": 200,
@@ -287,22 +288,24 @@ def install_templates(settings: SearchSettings, prefix: str) -> list[str]:
     client = _Client(settings)
     done = []
     policy = f"dpipe-{prefix}-events"
+    ilm = None
     try:
         if client.kind == "elasticsearch":
-            client.request("PUT", f"/_ilm/policy/{policy}", _load("ilm-policy.json", prefix))
-            done.append(f"ilm policy {policy}")
+            path, body, kind = f"/_ilm/policy/{policy}", _load("ilm-policy.json", prefix), "ilm"
         else:
-            try:
-                client.request("PUT", f"/_plugins/_ism/policies/{policy}", _load("ism-policy.json", prefix))
-                done.append(f"ism policy {policy}")
-            except Exception as err:
-                status = _status_of(err)
-                if status == 409:  # already there (ISM updates need seq_no; an existing policy is kept)
-                    done.append(f"ism policy {policy} (kept)")
-                else:  # no index-management plugin: indices are still written, without a lifecycle
-                    log.warning("OpenSearch lifecycle policy not installed (%s): %s", status, err)
+            path, body, kind = f"/_plugins/_ism/policies/{policy}", _load("ism-policy.json", prefix), "ism"
+        try:
+            client.request("PUT", path, body)
+            done.append(f"{kind} policy {policy}")
+            ilm = policy if kind == "ilm" else None
+        except Exception as err:
+            status = _status_of(err)
+            if status == 409:  # ISM: already there (updates need seq_no); the existing policy is kept
+                done.append(f"{kind} policy {policy} (kept)")
+            else:  # no lifecycle API (no ILM license, no index-management plugin): indices work without one
+                log.warning("lifecycle policy %s not installed (%s): %s", policy, status, err)
         name = f"dpipe-{prefix}-events"
-        client.request("PUT", f"/_index_template/{name}", template_body(prefix, client.kind, settings.data_stream))
+        client.request("PUT", f"/_index_template/{name}", template_body(prefix, ilm, settings.data_stream))
         done.append(f"index template {name}")
     finally:
         client.close()

@@ -40,11 +40,11 @@ def test_documents_carry_decorations_area_time_and_geo_point_without_dropped_fie
     assert orjson.loads(document_bytes(e, [], data_stream=True))["@timestamp"] == 1389913256544
 
 
-def test_templates_differ_only_where_the_servers_do() -> None:
-    es, os_ = template_body("rs", "elasticsearch"), template_body("rs", "opensearch")
+def test_templates_tie_indices_to_the_ilm_policy_when_there_is_one() -> None:
+    es, os_ = template_body("rs", "dpipe-rs-events"), template_body("rs")
     assert es["index_patterns"] == ["rs_*"] and es["template"]["mappings"] == os_["template"]["mappings"]
     assert es["template"]["settings"]["index.lifecycle.name"] == "dpipe-rs-events"
     assert "index.lifecycle.name" not in os_["template"]["settings"]
-    ds = template_body("rs", "elasticsearch", data_stream="rs-events")
+    ds = template_body("rs", "dpipe-rs-events", data_stream="rs-events")
     assert ds["data_stream"] == {} and ds["index_patterns"] == ["rs-events"]
     assert ds["template"]["mappings"]["properties"]["@timestamp"]["type"] == "date"
