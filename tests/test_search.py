@@ -141,8 +141,8 @@ def test_429s_are_retried_until_the_cluster_accepts(opensearch: OpenSearchServer
     lift = threading.Timer(3.0, lambda: put(opensearch.url, "/ro_2014_01/_settings",
                                               {"index.blocks.read_only_allow_delete": None}))
     lift.start()
-    job = job_for(opensearch.url, "opensearch", "ro", counters=False, retry={"max_retries": 12, "initial_backoff": "200ms",
-                                                              "max_backoff": "1s"})
+    retry = {"max_retries": 12, "initial_backoff": "200ms", "max_backoff": "1s"}
+    job = job_for(opensearch.url, "opensearch", "ro", counters=False, retry=retry)
     try:
         summary = run_backfill([str(logs / "*")], str(tmp_path / "out"), job, PINNED)
     finally:
