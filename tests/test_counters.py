@@ -101,3 +101,47 @@ def test_counter_config_names_a_known_route() -> None:
 
     with pytest.raises(ConfigError, match=r"counters\.x\.route: no route named .nope.; routes: pv"):
         parse_config({"routes": [{"name": "pv"}], "counters": [{"name": "x", "route": "nope"}]}, "job.yaml")
+
+
+def test_a_stream_and_a_backfill_of_the_same_events_give_the_same_counters() -> None:
+    """The unbounded path (TestStream: event-time windows fired by the watermark) equals the bounded one."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.counters import BufferedCounter
+
+    t0 = 1389916800
+    spec = CounterSpec("elapsed", 60, "elapsed", "area")
+    batches = [
+        EventBatch("f", "s", i, [ev(t0 + i * 45 + j, "us" if j % 3 else "fr", {"elapsed": (i * 7 + j) % 11 / 10})
+                                 for j in range(30)])
+        for i in range(8)
+    ]
+    namer = IndexNamer("rs", "@ym")
+    expected: dict[tuple[str, int], list[float]] = {}
+    for b in batches:
+        for e in b.events:
+            expected.setdefault((e.area, e.ts - e.ts % 60_000), []).append(e.fields["elapsed"])
+
+    def key(doc: dict[str, Any]) -> tuple:
+        return doc["key"], doc["_t"], doc["count"], round(doc["sum"], 9), doc["min"], doc["max"]
+
+    want = [(a, t, len(v), round(math.fsum(v), 9), min(v), max(v)) for (a, t), v in expected.items()]
+    with TestPipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
+        bounded = p | beam.Create(batches) | "Bounded" >> BufferedCounter(spec, namer)
+        assert_that(bounded | beam.Map(key), equal_to(want))
+    stream = TestStream()
+    for b in batches:
+        stream = stream.add_elements([b], event_timestamp=b.events[0].ts / 1000).advance_watermark_to(
+            b.events[0].ts / 1000)
+    stream = stream.advance_watermark_to_infinity()
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as p:
+        events = p | stream
+        assert not events.is_bounded  # so the counter takes its windowed, watermark-fired path
+        unbounded = events | "Unbounded" >> BufferedCounter(spec, namer)
+        assert_that(unbounded | beam.Map(key), equal_to(want))
