@@ -197,3 +197,17 @@ def server_has_documents(url: str, pattern: str) -> bool:
         return count(url, pattern) > 0
     except Exception:  # no index yet
         return False
+
+
+def test_data_stream_mode(opensearch: OpenSearchServer, tmp_path: Path) -> None:
+    lines = [f'us,{1389913256000 + i},{{"n":{i}}}' for i in range(30)]
+    logs = small_archive(tmp_path, lines)
+    job = job_for(opensearch.url, "opensearch", "dsx", counters=False, data_stream="dsx-events")
+    summary = run_backfill([str(logs / "*")], str(tmp_path / "out"), job, PINNED, install_templates=True)
+    assert summary["index"]["indexed"] == 30
+    streams = get(opensearch.url, "/_data_stream/dsx-events")["data_streams"]
+    assert [s["name"] for s in streams] == ["dsx-events"]
+    assert count(opensearch.url, "dsx-events") == 30
+    again = run_backfill([str(logs / "*")], str(tmp_path / "again"), job, PINNED)
+    assert again["index"] == {"indexed": 0, "duplicates": 30, "rejected": 0, "retried": 0}  # create: 409s
+    assert count(opensearch.url, "dsx-events") == 30
