@@ -11,6 +11,7 @@ import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 from connectors.search import SearchSettings
+from transforms.cardinality import DEFAULT_LG_K, CardinalitySpec
 from transforms.counters import CounterSpec
 from transforms.decorate import (
     BUILTIN_PATTERNS,
@@ -342,6 +344,31 @@ class CounterConfig(_Section):
         return CounterSpec(self.name, int(self.interval), self.field, self.by)
 
 
+class CardinalityConfig(_Section):
+    """Distinct values of `field` per `by` key and calendar period (HyperLogLog), in a timezone."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    route: str
+    field: DottedKey
+    by: DottedKey | None = None
+    periods: Annotated[list[Literal["day", "week", "month"]], Field(min_length=1)] = ["day", "week", "month"]
+    timezone: str = "UTC"
+    lg_k: Annotated[int, Field(ge=8, le=21)] = DEFAULT_LG_K
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {value!r}; expected an IANA name such as Asia/Shanghai") from None
+        return value
+
+    def spec(self) -> CardinalitySpec:
+        return CardinalitySpec(self.name, self.field, self.by, tuple(self.periods), self.timezone, self.lg_k)
+
+
 class JobConfig(_Section):
     name: str = Field(default="dpipe", min_length=1)
     parse: ParseConfig = ParseConfig()
@@ -352,12 +379,14 @@ class JobConfig(_Section):
     routes: list[RouteConfig] = []
     elasticsearch: ElasticsearchConfig | None = None
     counters: list[CounterConfig] = []
+    cardinality: list[CardinalityConfig] = []
 
     @model_validator(mode="after")
     def _known_routes(self) -> JobConfig:
         names = {r.name for r in self.routes}
         wanted = [("elasticsearch.routes", r) for r in (self.elasticsearch.routes if self.elasticsearch else [])]
         wanted += [(f"counters.{c.name}.route", c.route) for c in self.counters]
+        wanted += [(f"cardinality.{c.name}.route", c.route) for c in self.cardinality]
         for where, route in wanted:
             if route not in names:
                 raise ValueError(f"{where}: no route named {route!r}; routes: {', '.join(sorted(names)) or 'none'}")

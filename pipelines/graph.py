@@ -16,6 +16,7 @@ from connectors.files import WriteDeadLetters, WriteEventsParquet, WriteJsonRows
 from connectors.search import WriteToElasticsearch
 from pipelines.config import JobConfig
 from transforms.als import ParseAls, TimeBounds
+from transforms.cardinality import Cardinality
 from transforms.counters import BufferedCounter
 from transforms.decorate import COUNTS, Decorate, rule_columns
 from transforms.route import Route, route_tag
@@ -66,7 +67,9 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     routes = job.route_specs()
     if routes:
         es = job.elasticsearch
-        consumed = set(es.routes if es else ()) | {c.route for c in job.counters}
+        consumed = set(es.routes if es else ()) | {c.route for c in job.counters} | {
+            c.route for c in job.cardinality
+        }
         routed = decorated.events | "Route" >> Route(routes, emit=consumed)
         counts.append(routed[COUNTS])
         to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
@@ -75,6 +78,10 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
             others.append(docs | f"WriteCounter[{counter.name}]" >> WriteJsonRows("counters", run.output, run.temp_dir))
             if es and counter.index:
                 to_index.append(docs)
+        for card in job.cardinality:
+            results = routed[route_tag(card.route)] | Cardinality(card.spec())
+            others.append(results | f"WriteCardinality[{card.name}]" >> WriteJsonRows(
+                "cardinality", run.output, run.temp_dir))
         if es and to_index:
             indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
             dead_letters.append(indexed.deadletter)
