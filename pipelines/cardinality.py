@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-import datasketches
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.files import join
-from transforms.cardinality import DEFAULT_LG_K, HLL_TYPE
+from transforms.cardinality import DEFAULT_LG_K
+from transforms.sketches import Hll
 
 
 def stored(directory: str) -> Iterator[dict[str, Any]]:
@@ -32,10 +32,8 @@ def stored(directory: str) -> Iterator[dict[str, Any]]:
 
 
 def merge(rows: list[dict[str, Any]], lg_k: int = DEFAULT_LG_K) -> Any:
-    union = datasketches.hll_union(lg_k)
-    for row in rows:
-        union.update(datasketches.hll_sketch.deserialize(base64.b64decode(row["sketch"])))
-    return union.get_result(HLL_TYPE)
+    kind = Hll(lg_k)
+    return kind.deserialize(kind.merge(base64.b64decode(row["sketch"]) for row in rows))
 
 
 def query(directory: str, counter: str, start: date, end: date, period: str = "day",

@@ -1,0 +1,173 @@
+"""Mergeable sketches per slot (key x window or period): the shared machinery of cardinality and statistics.
+
+A bundle folds its events into one sketch per slot (memory: slots, never events) and emits them serialized
+(DataSketches objects cannot be pickled, their bytes can); Beam unions the bytes per slot; a result function
+turns each slot's final sketch into a document. Sketch kinds: HyperLogLog (distinct counts), KLL (quantiles,
+histograms) and frequent items (top N).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+import datasketches
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.event import Event, EventBatch
+
+Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
+
+
+class SketchKind:
+    """How to make, feed, (de)serialize and merge one kind of sketch."""
+
+    def new(self) -> Any:
+        raise NotImplementedError
+
+    def update(self, sketch: Any, value: Any) -> None:
+        sketch.update(value)
+
+    def serialize(self, sketch: Any) -> bytes:
+        return sketch.serialize()
+
+    def deserialize(self, blob: bytes) -> Any:
+        raise NotImplementedError
+
+    def merge(self, blobs: Iterable[bytes]) -> bytes:
+        merged = None
+        for blob in blobs:
+            if merged is None:
+                merged = self.deserialize(blob)
+            else:
+                merged.merge(self.deserialize(blob))
+        return self.serialize(merged if merged is not None else self.new())
+
+
+class Hll(SketchKind):
+    TYPE = datasketches.tgt_hll_type.HLL_6
+
+    def __init__(self, lg_k: int) -> None:
+        self.lg_k = lg_k
+
+    def new(self) -> Any:
+        return datasketches.hll_sketch(self.lg_k, self.TYPE)
+
+    def serialize(self, sketch: Any) -> bytes:
+        return sketch.serialize_compact()
+
+    def deserialize(self, blob: bytes) -> Any:
+        return datasketches.hll_sketch.deserialize(blob)
+
+    def merge(self, blobs: Iterable[bytes]) -> bytes:
+        union = datasketches.hll_union(self.lg_k)
+        for blob in blobs:
+            union.update(self.deserialize(blob))
+        return union.get_result(self.TYPE).serialize_compact()
+
+
+class Kll(SketchKind):
+    def __init__(self, k: int = 200) -> None:
+        self.k = k
+
+    def new(self) -> Any:
+        return datasketches.kll_doubles_sketch(self.k)
+
+    def deserialize(self, blob: bytes) -> Any:
+        return datasketches.kll_doubles_sketch.deserialize(blob)
+
+
+class Frequent(SketchKind):
+    def __init__(self, lg_max_size: int = 10) -> None:
+        self.lg_max_size = lg_max_size
+
+    def new(self) -> Any:
+        return datasketches.frequent_strings_sketch(self.lg_max_size)
+
+    def deserialize(self, blob: bytes) -> Any:
+        return datasketches.frequent_strings_sketch.deserialize(blob)
+
+
+SlotsOf = Callable[[Event], Iterable[tuple[Slot, Any]]]
+
+
+def slot_time(slot: Slot) -> float:
+    """Event time (s) of a slot's start, for the element's timestamp."""
+    start = slot[-1]
+    if isinstance(start, int):
+        return start / 1000
+    return datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp()
+
+
+class _BundleSketchDoFn(beam.DoFn):
+    def __init__(self, kind: SketchKind, slots_of: Callable[[], SlotsOf], max_slots: int) -> None:
+        self._kind, self._make_slots_of, self._max_slots = kind, slots_of, max_slots
+
+    def setup(self) -> None:
+        self._slots_of = self._make_slots_of()  # readers and caches are built on the worker
+
+    def start_bundle(self) -> None:
+        self._sketches: dict[Slot, Any] = {}
+
+    def process(self, batch: EventBatch) -> Iterator[Any]:
+        sketches, kind, slots_of = self._sketches, self._kind, self._slots_of
+        for event in batch.events:
+            for slot, value in slots_of(event):
+                sketch = sketches.get(slot)
+                if sketch is None:
+                    sketch = sketches[slot] = kind.new()
+                kind.update(sketch, value)
+        if len(sketches) >= self._max_slots:
+            yield from self._emit()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._emit()
+
+    def _emit(self) -> Iterator[WindowedValue]:
+        sketches, self._sketches = self._sketches, {}
+        for slot, sketch in sketches.items():
+            yield WindowedValue((slot, self._kind.serialize(sketch)), slot_time(slot), [window.GlobalWindow()])
+
+
+class _MergeFn(beam.CombineFn):
+    def __init__(self, kind: SketchKind) -> None:
+        self._kind = kind
+
+    def create_accumulator(self) -> list[bytes]:
+        return []
+
+    def add_input(self, acc: list[bytes], blob: bytes) -> list[bytes]:
+        acc.append(blob)
+        return [self._kind.merge(acc)] if len(acc) >= 16 else acc
+
+    def merge_accumulators(self, accs: Any) -> list[bytes]:
+        return [self._kind.merge(b for acc in accs for b in acc)]
+
+    def extract_output(self, acc: list[bytes]) -> bytes:
+        return self._kind.merge(acc)
+
+
+class SketchPerSlot(beam.PTransform):
+    """EventBatch -> result(slot, sketch) for every slot that events fall into.
+
+    `slots_of` is a factory (called on the worker) of the per-event function giving (slot, value) pairs.
+    A slot's key holds its window or period, so a bounded run needs no windows; the streaming issue adds
+    the triggers that fire slots of an unbounded run.
+    """
+
+    def __init__(self, label: str, kind: SketchKind, slots_of: Callable[[], SlotsOf],
+                 result: Callable[[Slot, Any, bytes], dict[str, Any]], max_slots: int = 2000) -> None:
+        super().__init__(label)
+        self._kind, self._slots_of, self._result, self._max_slots = kind, slots_of, result, max_slots
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        kind, result = self._kind, self._result
+        return (
+            batches
+            | "Sketch" >> beam.ParDo(_BundleSketchDoFn(kind, self._slots_of, self._max_slots))
+            | "Merge" >> beam.CombinePerKey(_MergeFn(kind))
+            | "Result" >> beam.MapTuple(lambda slot, blob: result(slot, kind.deserialize(blob), blob))
+        )
