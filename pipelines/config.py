@@ -42,6 +42,7 @@ from transforms.decorate import (
 from transforms.geoip import default_db
 from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Condition, Matcher, RouteSpec
+from transforms.statistics import StatsSpec
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -369,6 +370,38 @@ class CardinalityConfig(_Section):
         return CardinalitySpec(self.name, self.field, self.by, tuple(self.periods), self.timezone, self.lg_k)
 
 
+class StatisticsConfig(_Section):
+    """Per `by` key and `window` of event time: quantiles (and a histogram) of a numeric `field`, or the
+    `top` N values of any field."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    route: str
+    field: DottedKey
+    by: DottedKey | None = None
+    window: Duration = 3600.0
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.9, 0.99]
+    histogram: list[float] = []
+    top: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+    @field_validator("histogram")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("histogram bounds must be strictly increasing")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _whole_seconds(cls, value: float) -> float:
+        if value < 1 or value != int(value):
+            raise ValueError("expected a whole number of seconds, at least 1s")
+        return value
+
+    def spec(self) -> StatsSpec:
+        return StatsSpec(self.name, self.field, int(self.window), self.by, tuple(self.quantiles),
+                         tuple(self.histogram), self.top)
+
+
 class JobConfig(_Section):
     name: str = Field(default="dpipe", min_length=1)
     parse: ParseConfig = ParseConfig()
@@ -380,6 +413,7 @@ class JobConfig(_Section):
     elasticsearch: ElasticsearchConfig | None = None
     counters: list[CounterConfig] = []
     cardinality: list[CardinalityConfig] = []
+    statistics: list[StatisticsConfig] = []
 
     @model_validator(mode="after")
     def _known_routes(self) -> JobConfig:
@@ -387,6 +421,7 @@ class JobConfig(_Section):
         wanted = [("elasticsearch.routes", r) for r in (self.elasticsearch.routes if self.elasticsearch else [])]
         wanted += [(f"counters.{c.name}.route", c.route) for c in self.counters]
         wanted += [(f"cardinality.{c.name}.route", c.route) for c in self.cardinality]
+        wanted += [(f"statistics.{c.name}.route", c.route) for c in self.statistics]
         for where, route in wanted:
             if route not in names:
                 raise ValueError(f"{where}: no route named {route!r}; routes: {', '.join(sorted(names)) or 'none'}")

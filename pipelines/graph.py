@@ -20,6 +20,7 @@ from transforms.cardinality import Cardinality
 from transforms.counters import BufferedCounter
 from transforms.decorate import COUNTS, Decorate, rule_columns
 from transforms.route import Route, route_tag
+from transforms.statistics import Statistics
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,8 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     routes = job.route_specs()
     if routes:
         es = job.elasticsearch
-        consumed = set(es.routes if es else ()) | {c.route for c in job.counters} | {
-            c.route for c in job.cardinality
-        }
+        analyses = [*job.counters, *job.cardinality, *job.statistics]
+        consumed = set(es.routes if es else ()) | {a.route for a in analyses}
         routed = decorated.events | "Route" >> Route(routes, emit=consumed)
         counts.append(routed[COUNTS])
         to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
@@ -78,10 +78,11 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
             others.append(docs | f"WriteCounter[{counter.name}]" >> WriteJsonRows("counters", run.output, run.temp_dir))
             if es and counter.index:
                 to_index.append(docs)
-        for card in job.cardinality:
-            results = routed[route_tag(card.route)] | Cardinality(card.spec())
-            others.append(results | f"WriteCardinality[{card.name}]" >> WriteJsonRows(
-                "cardinality", run.output, run.temp_dir))
+        for sink, configs, transform in (("cardinality", job.cardinality, Cardinality),
+                                         ("stats", job.statistics, Statistics)):
+            for conf in configs:
+                results = routed[route_tag(conf.route)] | transform(conf.spec())
+                others.append(results | f"Write[{sink}/{conf.name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
         if es and to_index:
             indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
             dead_letters.append(indexed.deadletter)

@@ -44,7 +44,7 @@ def test_units(tmp_path: Path) -> None:
         ("read:\n  chunk_bytes: 0MiB\n", r"job\.yaml: read\.chunk_bytes: expected a positive size"),
         ("archive:\n  compression: lzma\n", r"job\.yaml: archive\.compression: Input should be 'zstd'"),
         ("parse: 5\n", r"job\.yaml: parse: .*got 5"),
-        ("- a\n- b\n", r"job\.yaml: expected a mapping of sections \(name, parse, .*, cardinality\), got list"),
+        ("- a\n- b\n", r"job\.yaml: expected a mapping of sections \(name, parse, read, .*\), got list"),
         ("parse:\n  max_age: [1\n", r"job\.yaml:\d+:\d+: invalid YAML"),
         ("name: ''\n", r"job\.yaml: name: String should have at least 1 character"),
     ],

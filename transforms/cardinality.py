@@ -90,7 +90,7 @@ def slots_of(spec: CardinalitySpec) -> Callable[[Event], Iterator[tuple[tuple, s
 def result(spec: CardinalitySpec, slot: tuple, sketch: Any, blob: bytes) -> dict[str, Any]:
     key, period, start = slot
     return {
-        "_id": fingerprint(f"{spec.name}\0{key}\0{period}\0{start}"),
+        "_id": fingerprint(f"cardinality\0{spec.name}\0{key}\0{period}\0{start}"),
         "counter": spec.name, "field": spec.field, "key": key, "period": period, "start": start,
         "timezone": spec.timezone, "estimate": round(sketch.get_estimate(), 3),
         "lower_bound": round(sketch.get_lower_bound(2), 3), "upper_bound": round(sketch.get_upper_bound(2), 3),

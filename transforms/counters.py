@@ -96,7 +96,7 @@ def counter_document(spec: CounterSpec, key: str | None, start_ms: int, acc: Acc
     events, n, total, mean, m2, lo, hi = acc
     start = datetime.fromtimestamp(start_ms / 1000, UTC)
     doc: dict[str, Any] = {
-        "_id": fingerprint(f"{spec.name}\0{key}\0{start_ms}"),
+        "_id": fingerprint(f"counter\0{spec.name}\0{key}\0{start_ms}"),
         "_index": namer(start_ms),
         "counter": spec.name,
         "key": key,

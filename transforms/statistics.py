@@ -1,0 +1,99 @@
+"""Statistics per key per event-time window: quantiles and histograms (KLL), or the top N values (frequent
+items), with mergeable sketches so that windows, bundles and workers combine (the original's pvstats, done
+with bounded memory: sketches, not lists of values).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import datasketches
+
+from transforms.counters import reader
+from transforms.decorate import fingerprint
+from transforms.event import MISSING, Event
+from transforms.sketches import Frequent, Kll, SketchPerSlot
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    name: str
+    field: str
+    window_s: int
+    by: str | None = None
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+    histogram: tuple[float, ...] = ()  # bucket bounds; empty: no histogram
+    top: int | None = None  # the N most frequent values instead of quantiles
+
+
+def slots_of(spec: StatsSpec) -> Callable[[Event], Iterator[tuple[tuple, Any]]]:
+    """Per event: its (key, window start ms) slot and the value (a number, or text for top N)."""
+    get_value = reader(spec.field)
+    get_key = reader(spec.by) if spec.by else None
+    width = spec.window_s * 1000
+    top = spec.top is not None
+
+    def slots(event: Event) -> Iterator[tuple[tuple, Any]]:
+        value = get_value(event)
+        if top:
+            if value is MISSING or value is None or isinstance(value, dict | list):
+                return
+            value = value if type(value) is str else str(value)
+        elif type(value) not in (int, float):
+            return
+        key = None
+        if get_key is not None:
+            k = get_key(event)
+            key = None if k is MISSING or k is None else str(k)
+        yield (key, event.ts - event.ts % width), value
+
+    return slots
+
+
+def histogram_labels(bounds: tuple[float, ...]) -> list[str]:
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    inner = [f"{num(lo)}-{num(hi)}" for lo, hi in itertools.pairwise(bounds)]
+    return [f"<{num(bounds[0])}", *inner, f">={num(bounds[-1])}"]
+
+
+def result(spec: StatsSpec, slot: tuple, sketch: Any, blob: bytes) -> dict[str, Any]:
+    key, start_ms = slot
+    doc: dict[str, Any] = {
+        "_id": fingerprint(f"stats\0{spec.name}\0{key}\0{start_ms}"),
+        "stat": spec.name, "field": spec.field, "key": key,
+        "start": datetime.fromtimestamp(start_ms / 1000, UTC).isoformat().replace("+00:00", "Z"),
+        "_t": start_ms, "window_s": spec.window_s,
+    }
+    if spec.top is not None:
+        items = sketch.get_frequent_items(datasketches.frequent_items_error_type.NO_FALSE_POSITIVES)
+        doc["count"] = sketch.total_weight
+        doc["top"] = [{"value": v, "count": est, "lower": lo, "upper": hi} for v, est, lo, hi in items[: spec.top]]
+        return doc
+    n = sketch.n
+    doc.update({
+        "count": n, "min": sketch.get_min_value(), "max": sketch.get_max_value(),
+        "rank_error": round(sketch.normalized_rank_error(False), 5),
+    })
+    for q in spec.quantiles:
+        doc[f"p{q * 100:g}"] = sketch.get_quantile(q)
+    if spec.histogram:
+        masses = sketch.get_pmf(list(spec.histogram))
+        doc["histogram"] = {label: round(m * n) for label, m in zip(histogram_labels(spec.histogram), masses,
+                                                                   strict=True)}
+    return doc
+
+
+class Statistics(SketchPerSlot):
+    """EventBatch (a route's) -> one document per (key, window): quantiles and histogram, or the top N."""
+
+    def __init__(self, spec: StatsSpec) -> None:
+        kind = Frequent() if spec.top is not None else Kll()
+        super().__init__(f"Statistics[{spec.name}]", kind, functools.partial(slots_of, spec),
+                         functools.partial(result, spec))
