@@ -100,6 +100,9 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         out.append(f"  decorated     {top(summary['decorations'])}")
     if summary["routes"]:
         out.append(f"  routes        {top(summary['routes'])}; unmatched {summary['unmatched']:,}")
+    results = {k: summary[k] for k in ("alarms", "counters", "cardinality", "stats") if summary.get(k)}
+    if results:
+        out.append("  analysis      " + ", ".join(f"{k} {v:,}" for k, v in results.items()))
     if summary.get("index"):
         out.append(f"  indexed       {top(summary['index'])}")
     if summary["sink_failures"]:

@@ -24,7 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.notify import ConsoleSettings, EmailSettings, Notifiers, WebhookSettings
 from connectors.search import SearchSettings
+from transforms.alarms import RuleSpec
 from transforms.cardinality import DEFAULT_LG_K, CardinalitySpec
 from transforms.counters import CounterSpec
 from transforms.decorate import (
@@ -402,6 +404,124 @@ class StatisticsConfig(_Section):
                          tuple(self.histogram), self.top)
 
 
+class AlarmWindow(_Section):
+    size: Duration = 300.0
+    period: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _fits(self) -> AlarmWindow:
+        if self.period < 1 or self.period != int(self.period) or self.size != int(self.size):
+            raise ValueError("size and period must be whole seconds, period at least 1s")
+        if self.size < self.period or int(self.size) % int(self.period):
+            raise ValueError("size must be a multiple of period")
+        return self
+
+
+class AlarmCondition(_Section):
+    """A threshold (`op`, `threshold`) or an abnormal change against the previous window (`change_percent`
+    over at least `min_base`)."""
+
+    op: Literal[">=", ">", "<=", "<"] = ">="
+    threshold: float | None = None
+    change_percent: Annotated[float, Field(gt=0)] | None = None
+    min_base: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _one(self) -> AlarmCondition:
+        if (self.threshold is None) == (self.change_percent is None):
+            raise ValueError("give either threshold or change_percent")
+        return self
+
+
+class AlarmRule(_Section):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    route: str
+    where: Annotated[list[ConditionConfig], BeforeValidator(_where)] = []
+    ignore: list[str] = []
+    ignore_field: DottedKey = "message"
+    group_by: list[DottedKey] = []
+    window: AlarmWindow = AlarmWindow()
+    aggregate: Literal["count", "sum", "mean", "distinct"] = "count"
+    field: DottedKey | None = None
+    condition: AlarmCondition
+    severity: Annotated[int, Field(ge=1, le=5)] = 3
+    cooldown: Duration = 0.0
+    samples: Annotated[int, Field(ge=0, le=20)] = 3
+
+    @field_validator("ignore")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for regex in value:
+            try:
+                re.compile(regex)
+            except re.error as err:
+                raise ValueError(f"{regex!r} is not a valid regex: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _field_needed(self) -> AlarmRule:
+        if self.aggregate != "count" and self.field is None:
+            raise ValueError(f"aggregate {self.aggregate} needs a field")
+        return self
+
+    def spec(self) -> RuleSpec:
+        c = self.condition
+        where = MatchConfig(where=self.where).matcher() if self.where else None
+        return RuleSpec(
+            self.name, int(self.window.size), int(self.window.period), self.aggregate, self.field,
+            tuple(self.group_by), where, tuple(self.ignore), self.ignore_field, c.op, c.threshold,
+            c.change_percent, c.min_base, self.severity, int(self.cooldown), self.samples,
+        )
+
+
+class ConsoleConfig(_Section):
+    beep_severity: Annotated[int, Field(ge=1, le=6)] = 4
+    colour: bool = True
+
+
+class WebhookConfig(_Section):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Duration = 10.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 4
+    headers: dict[str, str] = {}
+
+
+class EmailConfig(_Section):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    sender: str = "dpipe@localhost"
+    to: Annotated[list[str], Field(min_length=1)]
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    ssl: bool = False
+    pools: list[Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=2, max_length=2)]] = [
+        [4, 5], [1, 3]]
+    min_interval: Duration = 300.0
+    quiet_hours: Annotated[list[Annotated[int, Field(ge=0, le=23)]], Field(min_length=2, max_length=2)] | None = None
+    urgent_severity: Annotated[int, Field(ge=1, le=5)] = 5
+    timezone: str = "UTC"
+
+
+class AlarmsConfig(_Section):
+    rules: Annotated[list[AlarmRule], Field(min_length=1)]
+    console: ConsoleConfig | None = ConsoleConfig()
+    webhook: WebhookConfig | None = None
+    email: EmailConfig | None = None
+
+    def notifiers(self) -> Notifiers:
+        e = self.email
+        return Notifiers(
+            ConsoleSettings(self.console.beep_severity, self.console.colour) if self.console else None,
+            WebhookSettings(self.webhook.url, self.webhook.timeout, self.webhook.max_retries,
+                            tuple(self.webhook.headers.items())) if self.webhook else None,
+            EmailSettings(e.host, e.port, e.sender, tuple(e.to), e.username, e.password, e.starttls, e.ssl,
+                          tuple((a, b) for a, b in e.pools), e.min_interval,
+                          tuple(e.quiet_hours) if e.quiet_hours else None, e.urgent_severity, e.timezone)
+            if e else None,
+        )
+
+
 class JobConfig(_Section):
     name: str = Field(default="dpipe", min_length=1)
     parse: ParseConfig = ParseConfig()
@@ -414,6 +534,7 @@ class JobConfig(_Section):
     counters: list[CounterConfig] = []
     cardinality: list[CardinalityConfig] = []
     statistics: list[StatisticsConfig] = []
+    alarms: AlarmsConfig | None = None
 
     @model_validator(mode="after")
     def _known_routes(self) -> JobConfig:
@@ -422,6 +543,7 @@ class JobConfig(_Section):
         wanted += [(f"counters.{c.name}.route", c.route) for c in self.counters]
         wanted += [(f"cardinality.{c.name}.route", c.route) for c in self.cardinality]
         wanted += [(f"statistics.{c.name}.route", c.route) for c in self.statistics]
+        wanted += [(f"alarms.rules.{r.name}.route", r.route) for r in (self.alarms.rules if self.alarms else [])]
         for where, route in wanted:
             if route not in names:
                 raise ValueError(f"{where}: no route named {route!r}; routes: {', '.join(sorted(names)) or 'none'}")

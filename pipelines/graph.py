@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from connectors.files import WriteDeadLetters, WriteEventsParquet, WriteJsonRows, event_schema, join
+from connectors.notify import Notify
 from connectors.search import WriteToElasticsearch
 from pipelines.config import JobConfig
+from transforms.alarms import Alarms
 from transforms.als import ParseAls, TimeBounds
 from transforms.cardinality import Cardinality
 from transforms.counters import BufferedCounter
@@ -68,7 +70,8 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     routes = job.route_specs()
     if routes:
         es = job.elasticsearch
-        analyses = [*job.counters, *job.cardinality, *job.statistics]
+        rules = job.alarms.rules if job.alarms else []
+        analyses = [*job.counters, *job.cardinality, *job.statistics, *rules]
         consumed = set(es.routes if es else ()) | {a.route for a in analyses}
         routed = decorated.events | "Route" >> Route(routes, emit=consumed)
         counts.append(routed[COUNTS])
@@ -83,6 +86,13 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
             for conf in configs:
                 results = routed[route_tag(conf.route)] | transform(conf.spec())
                 others.append(results | f"Write[{sink}/{conf.name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
+        if job.alarms:
+            for route in sorted({r.route for r in rules}):
+                specs = [r.spec() for r in rules if r.route == route]
+                alarms = routed[route_tag(route)] | Alarms(f"Alarms[{route}]", specs)
+                notified = alarms | f"Notify[{route}]" >> Notify(job.alarms.notifiers())
+                others.append(notified | f"Write[alarms/{route}]" >> WriteJsonRows("alarms", run.output,
+                                                                                 run.temp_dir))
         if es and to_index:
             indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
             dead_letters.append(indexed.deadletter)
