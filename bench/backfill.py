@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from pipelines.generate import GENERATOR_VERSION, Spec, generate
 
 WORK = Path(__file__).resolve().parent / "work"
@@ -87,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode; the best is reported")
     parser.add_argument("--config", help="job YAML for every run (e.g. templates/jobs/engine.als.yaml)")
+    parser.add_argument("--only", help="keep only these sections of --config, e.g. parse,index,decorate,routes")
     parser.add_argument("--workers", default="1,2", help="worker counts of the dpipe runs, e.g. 1 or 1,2")
     args = parser.parse_args(argv)
+    if args.config and args.only:
+        keep = set(args.only.split(","))
+        job = {k: v for k, v in yaml.safe_load(Path(args.config).read_text()).items() if k in keep}
+        WORK.mkdir(parents=True, exist_ok=True)
+        (WORK / "bench-job.yaml").write_text(yaml.safe_dump(job))
+        args.config = str(WORK / "bench-job.yaml")
     logs, manifest = archive(args.lines, args.days)
     size_mb = sum(p.stat().st_size for p in logs.iterdir()) / 1e6
     py = sys.executable
