@@ -55,51 +55,62 @@ class GraphOutputs:
         return (self.events, self.dead_letters, *self.others)
 
 
+@dataclass
+class _Branches:
+    """What the branches hand back: dead letters to write, count dicts and published files for the summary."""
+
+    dead_letters: list[beam.PCollection]
+    counts: list[beam.PCollection]
+    published: list[beam.PCollection]
+
+
 def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutputs:
-    """Wire every branch onto a PCollection of LineBatch: parse, decorate, archive, route."""
+    """Wire every branch onto a PCollection of LineBatch: parse, decorate, archive, route, the sinks."""
     bounds = TimeBounds.around(run.now_ms, job.parse.max_age, job.parse.max_future)
-    rules = job.decorate_rules()
+    decorations = job.decorate_rules()
     parsed = lines | "ParseAls" >> ParseAls(bounds)
-    decorated = parsed.events | "Decorate" >> Decorate(rules, job.index.namer())
+    decorated = parsed.events | "Decorate" >> Decorate(decorations, job.index.namer())
     events = decorated.events | "ArchiveEvents" >> WriteEventsParquet(
-        run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(rules))
+        run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(decorations))
     )
-    dead_letters = [parsed.deadletter, decorated.deadletter]
-    counts = [decorated[COUNTS]]
-    others = []
-    routes = job.route_specs()
-    if routes:
-        es = job.elasticsearch
-        rules = job.alarms.rules if job.alarms else []
-        analyses = [*job.counters, *job.cardinality, *job.statistics, *rules]
-        consumed = set(es.routes if es else ()) | {a.route for a in analyses}
-        routed = decorated.events | "Route" >> Route(routes, emit=consumed)
-        counts.append(routed[COUNTS])
-        to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
-        for counter in job.counters:
-            docs = routed[route_tag(counter.route)] | BufferedCounter(counter.spec(), job.index.namer())
-            others.append(docs | f"WriteCounter[{counter.name}]" >> WriteJsonRows("counters", run.output, run.temp_dir))
-            if es and counter.index:
-                to_index.append(docs)
-        for sink, configs, transform in (("cardinality", job.cardinality, Cardinality),
-                                         ("stats", job.statistics, Statistics)):
-            for conf in configs:
-                results = routed[route_tag(conf.route)] | transform(conf.spec())
-                others.append(results | f"Write[{sink}/{conf.name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
-        if job.alarms:
-            for route in sorted({r.route for r in rules}):
-                specs = [r.spec() for r in rules if r.route == route]
-                alarms = routed[route_tag(route)] | Alarms(f"Alarms[{route}]", specs)
-                notified = alarms | f"Notify[{route}]" >> Notify(job.alarms.notifiers())
-                others.append(notified | f"Write[alarms/{route}]" >> WriteJsonRows("alarms", run.output,
-                                                                                 run.temp_dir))
-        if es and to_index:
-            indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
-            dead_letters.append(indexed.deadletter)
-            counts.append(indexed[COUNTS])
+    out = _Branches([parsed.deadletter, decorated.deadletter], [decorated[COUNTS]], [])
+    if job.routes:
+        _route_branches(decorated.events, job, run, out)
     dead = (
-        dead_letters
+        out.dead_letters
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(run.output, run.temp_dir)
     )
-    return GraphOutputs(events, dead, tuple(counts), tuple(others))
+    return GraphOutputs(events, dead, tuple(out.counts), tuple(out.published))
+
+
+def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, out: _Branches) -> None:
+    """Routes, and every sink that reads them: counters, cardinality, statistics, alarms, the index."""
+    es = job.elasticsearch
+    alarm_rules = job.alarms.rules if job.alarms else []
+    readers = [*job.counters, *job.cardinality, *job.statistics, *alarm_rules]
+    routed = events | "Route" >> Route(job.route_specs(), emit=set(es.routes if es else ()) | {
+        r.route for r in readers})
+    out.counts.append(routed[COUNTS])
+
+    def write(results: beam.PCollection, sink: str, name: str) -> None:
+        out.published.append(results | f"Write[{sink}/{name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
+
+    to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
+    for counter in job.counters:
+        docs = routed[route_tag(counter.route)] | BufferedCounter(counter.spec(), job.index.namer())
+        write(docs, "counters", counter.name)
+        if es and counter.index:
+            to_index.append(docs)
+    for conf in job.cardinality:
+        write(routed[route_tag(conf.route)] | Cardinality(conf.spec()), "cardinality", conf.name)
+    for conf in job.statistics:
+        write(routed[route_tag(conf.route)] | Statistics(conf.spec()), "stats", conf.name)
+    for route in sorted({r.route for r in alarm_rules}):
+        alarms = routed[route_tag(route)] | Alarms(f"Alarms[{route}]", [r.spec() for r in alarm_rules
+                                                                         if r.route == route])
+        write(alarms | f"Notify[{route}]" >> Notify(job.alarms.notifiers()), "alarms", route)
+    if es and to_index:
+        indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
+        out.dead_letters.append(indexed.deadletter)
+        out.counts.append(indexed[COUNTS])
