@@ -19,9 +19,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from transforms.counters import reader
+from transforms.counters import key_reader, reader, text_of
 from transforms.decorate import fingerprint
-from transforms.event import MISSING, Event
+from transforms.event import Event
 from transforms.sketches import Hll, SketchPerSlot
 
 PERIODS = ("day", "week", "month")
@@ -67,20 +67,15 @@ class CardinalitySpec:
 def slots_of(spec: CardinalitySpec) -> Callable[[Event], Iterator[tuple[tuple, str]]]:
     """Per event: a (key, period, period start) slot per configured period, and the value's text."""
     get_value = reader(spec.field)
-    get_key = reader(spec.by) if spec.by else None
+    get_key = key_reader(spec.by)
     days = LocalDays(spec.timezone)
     periods = spec.periods
 
     def slots(event: Event) -> Iterator[tuple[tuple, str]]:
-        value = get_value(event)
-        if value is MISSING or value is None or isinstance(value, dict | list):
+        text = text_of(get_value(event))  # 1 and "1" are the same user
+        if text is None:
             return
-        key = None
-        if get_key is not None:
-            k = get_key(event)
-            key = None if k is MISSING or k is None else str(k)
-        day = days(event.ts)
-        text = value if type(value) is str else str(value)  # 1 and "1" are the same user
+        key, day = get_key(event), days(event.ts)
         for period in periods:
             yield (key, period, period_start(day, period).isoformat()), text
 

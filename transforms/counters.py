@@ -74,6 +74,26 @@ def reader(dotted: str) -> Callable[[Event], Any]:
     return read
 
 
+def key_reader(by: str | None) -> Callable[[Event], str | None]:
+    """The grouping key of an event as text (None without `by`, or when the event lacks it)."""
+    if by is None:
+        return lambda event: None
+    get = reader(by)
+
+    def key(event: Event) -> str | None:
+        k = get(event)
+        return None if k is MISSING or k is None else str(k)
+
+    return key
+
+
+def text_of(value: Any) -> str | None:
+    """A scalar as text for counting distinct or frequent values (1 and "1" are one value); else None."""
+    if value is MISSING or value is None or isinstance(value, dict | list):
+        return None
+    return value if type(value) is str else str(value)
+
+
 def pre_aggregate(batch: EventBatch, spec: CounterSpec, get_value: Callable[[Event], Any] | None,
                   get_key: Callable[[Event], Any] | None,
                   parts: dict[tuple[str | None, int], Acc] | None = None) -> dict[tuple[str | None, int], Acc]:
@@ -81,11 +101,7 @@ def pre_aggregate(batch: EventBatch, spec: CounterSpec, get_value: Callable[[Eve
     width = spec.interval_s * 1000
     parts = {} if parts is None else parts
     for event in batch.events:
-        key = None
-        if get_key is not None:
-            k = get_key(event)
-            key = None if k is MISSING or k is None else str(k)
-        slot = (key, event.ts - event.ts % width)
+        slot = (get_key(event) if get_key is not None else None, event.ts - event.ts % width)
         value = get_value(event) if get_value is not None else None
         parts[slot] = add(parts.get(slot, EMPTY), value)
     return parts
@@ -123,7 +139,7 @@ class _PartialsDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._value = reader(self._spec.field) if self._spec.field else None
-        self._key = reader(self._spec.by) if self._spec.by else None
+        self._key = key_reader(self._spec.by)
 
     def start_bundle(self) -> None:
         self._parts: dict[tuple[str | None, int], Acc] = {}

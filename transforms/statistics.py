@@ -14,9 +14,9 @@ from typing import Any
 
 import datasketches
 
-from transforms.counters import reader
+from transforms.counters import key_reader, reader, text_of
 from transforms.decorate import fingerprint
-from transforms.event import MISSING, Event
+from transforms.event import Event
 from transforms.sketches import Frequent, Kll, SketchPerSlot
 
 
@@ -34,23 +34,19 @@ class StatsSpec:
 def slots_of(spec: StatsSpec) -> Callable[[Event], Iterator[tuple[tuple, Any]]]:
     """Per event: its (key, window start ms) slot and the value (a number, or text for top N)."""
     get_value = reader(spec.field)
-    get_key = reader(spec.by) if spec.by else None
+    get_key = key_reader(spec.by)
     width = spec.window_s * 1000
     top = spec.top is not None
 
     def slots(event: Event) -> Iterator[tuple[tuple, Any]]:
         value = get_value(event)
         if top:
-            if value is MISSING or value is None or isinstance(value, dict | list):
+            value = text_of(value)
+            if value is None:
                 return
-            value = value if type(value) is str else str(value)
         elif type(value) not in (int, float):
             return
-        key = None
-        if get_key is not None:
-            k = get_key(event)
-            key = None if k is MISSING or k is None else str(k)
-        yield (key, event.ts - event.ts % width), value
+        yield (get_key(event), event.ts - event.ts % width), value
 
     return slots
 
