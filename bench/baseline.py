@@ -21,10 +21,56 @@ from connectors.archives import FileRange, read_range
 from connectors.files import event_partitions, event_schema
 from connectors.summary import finish_summary
 from pipelines.config import JobConfig, load_config
+from transforms.alarms import EMPTY as ALARM_EMPTY
+from transforms.alarms import _Selector, evaluate, window_starts
+from transforms.alarms import add as alarm_add
 from transforms.als import parse_batch
+from transforms.cardinality import slots_of as card_slots
+from transforms.counters import key_reader, pre_aggregate, reader
 from transforms.decorate import decorate_batch, rule_columns
 from transforms.event import tune_gc
 from transforms.route import route_batch
+from transforms.sketches import Frequent, Hll, Kll
+from transforms.statistics import slots_of as stats_slots
+
+
+class _Analyses:
+    """The analysis branches as plain loops over the same pure functions: counters, cardinality and statistics
+    fold into per-slot accumulators and sketches, alarms into per-window accumulators, then evaluate."""
+
+    def __init__(self, job: JobConfig) -> None:
+        self.job = job
+        self.counters = [(c, c.spec(), {}) for c in job.counters]
+        self.sketches = [(c, Hll(c.lg_k), card_slots(c.spec()), {}) for c in job.cardinality]
+        self.sketches += [(c, Frequent() if c.top else Kll(), stats_slots(c.spec()), {}) for c in job.statistics]
+        rules = job.alarms.rules if job.alarms else []
+        self.alarms = [(r, r.spec(), _Selector(r.spec()), {}) for r in rules]
+
+    def add(self, routed: dict) -> None:
+        for conf, spec, parts in self.counters:
+            get_value = reader(spec.field) if spec.field else None
+            pre_aggregate(routed[conf.route], spec, get_value, key_reader(spec.by), parts)
+        for conf, kind, slots_of, sketches in self.sketches:
+            for event in routed[conf.route].events:
+                for slot, value in slots_of(event):
+                    if slot not in sketches:
+                        sketches[slot] = kind.new()
+                    kind.update(sketches[slot], value)
+        for conf, spec, selector, windows in self.alarms:
+            size, period = spec.size_s * 1000, spec.period_s * 1000
+            for event in routed[conf.route].events:
+                picked = selector.select(event)
+                if picked is not None:
+                    key, value = picked
+                    for start in window_starts(event.ts, size, period):
+                        per_key = windows.setdefault(key, {})
+                        per_key[start] = alarm_add(per_key.get(start, ALARM_EMPTY), value, None, spec)
+
+    def results(self) -> dict[str, int]:
+        alarms = sum(len(list(evaluate(spec, key, w.items()))) for _, spec, _, ws in self.alarms
+                     for key, w in ws.items())
+        return {"counters": sum(len(p) for *_, p in self.counters),
+                "sketches": sum(len(s) for *_, s in self.sketches), "alarms": alarms}
 
 
 def run(paths: list[str], output: str, job: JobConfig) -> dict:
@@ -36,6 +82,7 @@ def run(paths: list[str], output: str, job: JobConfig) -> dict:
     counts = {"lines_read": 0, "events": 0, "dead_letters": 0, "files_read": 0}
     decorate_counts: dict[str, int] = {}
     route_counts: dict[str, int] = {}
+    analyses = _Analyses(job)
     os.makedirs(os.path.join(output, "deadletter"), exist_ok=True)
     with open(os.path.join(output, "deadletter", "part-0.jsonl"), "wb") as dead_out:
         for path in paths:
@@ -51,13 +98,15 @@ def run(paths: list[str], output: str, job: JobConfig) -> dict:
                         writers[partition] = pq.ParquetWriter(target, schema, compression=codec)
                     writers[partition].write_table(table)
                 if routes:
-                    route_batch(events, routes, route_counts)
+                    routed = route_batch(events, routes, route_counts)
+                    analyses.add(routed)
                 counts["events"] += len(events.events)
                 counts["dead_letters"] += len(dead)
                 dead_out.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in dead))
             counts["files_read"] += 1
     for writer in writers.values():
         writer.close()
+    counts.update(analyses.results())
     summary = finish_summary(counts)
     with open(os.path.join(output, "summary.json"), "wb") as f:
         f.write(orjson.dumps(summary))

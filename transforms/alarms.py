@@ -151,9 +151,13 @@ class _PartialsDoFn(beam.DoFn):
         yield from self._emit()
 
     def _emit(self) -> Iterator[WindowedValue]:
+        """One element per (rule, key) with all its windows: Beam pays per element, so not one per window."""
         parts, self._parts = self._parts, {}
+        per_key: dict[tuple, dict[int, Acc]] = {}
         for (name, key, start), acc in parts.items():
-            yield WindowedValue(((name, key), (start, acc)), start / 1000, [window.GlobalWindow()])
+            per_key.setdefault((name, key), {})[start] = acc
+        for slot, windows in per_key.items():
+            yield WindowedValue((slot, windows), min(windows) / 1000, [window.GlobalWindow()])
 
 
 def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]]) -> Iterator[dict[str, Any]]:
@@ -200,16 +204,15 @@ class _MergeFn(beam.CombineFn):
     def create_accumulator(self) -> dict[int, Acc]:
         return {}
 
-    def add_input(self, acc: dict[int, Acc], item: tuple[int, Acc]) -> dict[int, Acc]:
-        start, part = item
-        acc[start] = merge(acc.get(start, EMPTY), part, 1000)
+    def add_input(self, acc: dict[int, Acc], windows: dict[int, Acc]) -> dict[int, Acc]:
+        for start, part in windows.items():
+            acc[start] = merge(acc.get(start, EMPTY), part, 1000)
         return acc
 
     def merge_accumulators(self, accs: Iterable[dict[int, Acc]]) -> dict[int, Acc]:
         out: dict[int, Acc] = {}
         for acc in accs:
-            for start, part in acc.items():
-                out[start] = merge(out.get(start, EMPTY), part, 1000)
+            self.add_input(out, acc)
         return out
 
     def extract_output(self, acc: dict[int, Acc]) -> dict[int, Acc]:
