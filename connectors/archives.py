@@ -26,8 +26,6 @@ from apache_beam.metrics import Metrics
 from transforms.category import UnknownCategory, category_from_path
 from transforms.event import LineBatch
 
-log = logging.getLogger("dpipe.read")
-
 
 def _progress_logger() -> logging.Logger:
     """Progress goes straight to the worker's stderr: Beam's worker log forwarding would bury it."""

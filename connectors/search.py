@@ -22,6 +22,8 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import DeadLetter, Event, EventBatch, decode_raw
 
@@ -335,9 +337,6 @@ class _WriteDoFn(beam.DoFn):
                 yield from self._flush()
 
     def finish_bundle(self) -> Iterator[Any]:
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
-
         for out in self._flush():
             value = out.value if isinstance(out, beam.pvalue.TaggedOutput) else out
             tag = out.tag if isinstance(out, beam.pvalue.TaggedOutput) else None
