@@ -63,6 +63,7 @@ def test_index_names(prefix: str, pattern: str, when: str, index: str) -> None:
 def test_doc_id_is_deterministic_and_distinguishes_place_and_content() -> None:
     a = doc_id("logs/pv.0.log", 10, b"us,1,{}")
     assert a == doc_id("logs/pv.0.log", 10, b"us,1,{}") and len(a) == 22
+    assert a == doc_id("s3://bucket/archive/pv.0.log", 10, b"us,1,{}")  # the file, wherever it is stored
     assert len({a, doc_id("logs/pv.0.log", 11, b"us,1,{}"), doc_id("logs/pv.1.log", 10, b"us,1,{}"),
                 doc_id("logs/pv.0.log", 10, b"us,2,{}")}) == 4
 

@@ -22,6 +22,7 @@ import base64
 import bisect
 import hashlib
 import itertools
+import posixpath
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -308,11 +309,18 @@ class IndexNamer:
         return name
 
 
+def source_key(source: str) -> bytes:
+    """The part of a line's source that its id hashes: the file name, not the folder or filesystem, so the
+    same archive read from local disk, S3 or HDFS (or moved between them) gives the same ids."""
+    return posixpath.basename(source.rstrip("/")).encode("utf-8", "surrogateescape")
+
+
 def doc_id(source: str | bytes, offset: int, raw: bytes) -> str:
-    """Deterministic id of a line: the same line from the same place always gets the same id (replays and
-    retries overwrite instead of duplicating); 128 bits, URL-safe base64."""
+    """Deterministic id of a line: the same line from the same file and offset always gets the same id
+    (replays and retries overwrite instead of duplicating); 128 bits, URL-safe base64. `source` is a path
+    (its `source_key` is hashed) or an already computed key."""
     if type(source) is str:
-        source = source.encode("utf-8", "surrogateescape")
+        source = source_key(source)
     digest = hashlib.blake2b(b"%s\0%d\0%s" % (source, offset, raw), digest_size=16).digest()
     return base64.urlsafe_b64encode(digest)[:22].decode("ascii")
 
@@ -358,7 +366,7 @@ def decorate_batch(
     source, source_bytes = None, b""
     for event in batch.events:
         if event.source is not source:
-            source, source_bytes = event.source, event.source.encode("utf-8", "surrogateescape")
+            source, source_bytes = event.source, source_key(event.source)
         event.decor = {}
         event.index = namer(event.ts)
         event.doc_id = doc_id(source_bytes, event.offset, event.raw)
