@@ -37,7 +37,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +44,8 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from tests.servers import jvm
 
 POM = Path(__file__).resolve().parent / "opensearch" / "pom.xml"
 RUNNER_MAIN = "org.codelibs.opensearch.runner.OpenSearchRunner"
@@ -119,43 +120,13 @@ def default_cache_dir() -> Path:
 
 
 def build_classpath(cache_dir: Path, pom: Path = POM, mvn: str | None = None, timeout: float = 900) -> str:
-    """The server's runtime classpath from the pom, resolved by Maven and cached in cache_dir.
-
-    The cached file is reused while it is newer than the pom and every jar it names still exists
-    (a wiped ~/.m2 resolves again). Raises RuntimeError with Maven's output when resolution fails.
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = cache_dir / CLASSPATH_FILE
-    if out.exists() and out.stat().st_mtime > pom.stat().st_mtime:
-        classpath = out.read_text().strip()
-        if classpath and all(Path(p).exists() for p in classpath.split(os.pathsep)):
-            return classpath
-
-    mvn = mvn or shutil.which("mvn")
-    if not mvn:
-        raise RuntimeError(f"mvn is not on PATH: it is needed to resolve the OpenSearch classpath from {pom}")
-    tmp = cache_dir / f".{CLASSPATH_FILE}.{os.getpid()}.tmp"  # parallel workers: write, then rename
-    cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:build-classpath", f"-Dmdep.outputFile={tmp}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"{' '.join(cmd)} timed out after {timeout:.0f} s:\n{e.stdout or ''}{e.stderr or ''}") from e
-    if proc.returncode != 0 or not tmp.exists() or not tmp.read_text().strip():
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".rstrip())
-    classpath = tmp.read_text().strip()
-    os.replace(tmp, out)
-    return classpath
+    """The server's runtime classpath from the pom, resolved by Maven and cached in cache_dir."""
+    return jvm.build_classpath(pom, Path(cache_dir) / CLASSPATH_FILE, "OpenSearch", mvn, timeout)
 
 
 def find_java(tool: str = "java") -> str | None:
     """$OPENSEARCH_JAVA_HOME, then $JAVA_HOME, then PATH (OpenSearch 2.19 needs Java 11+; 17 is used here)."""
-    for var in ("OPENSEARCH_JAVA_HOME", "JAVA_HOME"):
-        home = os.environ.get(var)
-        if home and (Path(home) / "bin" / tool).exists():
-            return str(Path(home) / "bin" / tool)
-    return shutil.which(tool)
+    return jvm.find_java("OPENSEARCH_JAVA_HOME", tool)
 
 
 def build_launcher(cache_dir: Path, classpath: str, javac: str | None = None) -> Path | None:
@@ -219,28 +190,6 @@ def _free_port(capped: bool) -> int:
 def _yaml_value(value: Any) -> str:
     # JSON scalars and lists are valid YAML flow values.
     return json.dumps(value if isinstance(value, (bool, int, float, list)) else str(value))
-
-
-def _pdeathsig_preexec() -> Any:
-    """A preexec_fn that makes the child get SIGTERM when the thread that started it dies (Linux).
-
-    So no server outlives a killed pytest. libc's prctl is looked up here, in the parent: the child
-    only calls it. The signal follows the starting *thread*: start the server from the test's main
-    thread (fixtures do), not from a short-lived helper thread.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-    return preexec
 
 
 _BIND_FAILURE = re.compile(r"BindHttpException|BindTransportException|Address already in use")
@@ -396,7 +345,7 @@ class OpenSearchServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            preexec_fn=_pdeathsig_preexec(),
+            preexec_fn=jvm.pdeathsig_preexec(),
         )
 
     def _wait_ready(self, deadline: float) -> None:
