@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.generate import Spec, generate
 
 RUNNER = "FnApiRunner"  # pinned: the default DirectRunner would try to download Prism
+PINNED = ["--runner", RUNNER]
 
 
 def runner_options(**extra: Any) -> PipelineOptions:

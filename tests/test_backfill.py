@@ -17,9 +17,10 @@ import pytest
 from connectors.archives import _Progress
 from pipelines.backfill import run_backfill
 from pipelines.config import JobConfig, parse_config
+from tests.conftest import PINNED
 
 ROOT = Path(__file__).resolve().parent.parent
-PINNED = ["--runner", "FnApiRunner"]
+
 
 
 def all_lines(logs: Path) -> dict[tuple[str, int], bytes]:

@@ -12,12 +12,13 @@ import pytest
 
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
+from tests.conftest import PINNED
 from tests.servers.hdfs import HdfsServer
 from tests.test_s3 import SAME, events_of
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-PINNED = ["--runner", "FnApiRunner"]
+
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ import pytest
 
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
+from tests.conftest import PINNED
 from tests.servers.s3 import S3Server
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-PINNED = ["--runner", "FnApiRunner"]
+
 SAME = ("lines_read", "bytes_read", "files_read", "events", "dead_letters", "categories", "dead_letter_reasons",
         "routes", "decorations", "alarms", "counters", "cardinality", "stats")
 

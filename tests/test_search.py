@@ -17,12 +17,13 @@ import yaml
 
 from pipelines.backfill import run_backfill
 from pipelines.config import JobConfig, parse_config
+from tests.conftest import PINNED
 from tests.servers.es_compat_proxy import start_proxy
 from tests.servers.opensearch import OpenSearchServer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-PINNED = ["--runner", "FnApiRunner"]
+
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import getpass
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -296,15 +295,7 @@ class HdfsServer:
     def stop(self) -> None:
         """SIGTERM the JVM by its PID, SIGKILL after 20 s. Keeps the work dir (and its log)."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+        jvm.stop_process(proc)
         if self._log:
             self._log.close()
             self._log = None

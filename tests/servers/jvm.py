@@ -3,6 +3,7 @@ children that die with the test process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -70,3 +71,19 @@ def pdeathsig_preexec() -> Any:
         prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
     return preexec
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 20.0) -> int | None:
+    """SIGTERM a child by its PID, SIGKILL it after `grace` seconds; its exit code (None if there was none)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=30)
+    return proc.returncode

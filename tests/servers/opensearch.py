@@ -34,7 +34,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -401,17 +400,8 @@ class OpenSearchServer:
     def stop(self) -> None:
         """SIGTERM by PID (the runner's shutdown hook closes the node), SIGKILL after 20 s. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(timeout=30)
         if proc is not None:
-            self.returncode = proc.returncode
+            self.returncode = jvm.stop_process(proc, self.STOP_GRACE_S)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

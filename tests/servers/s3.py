@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests.servers import jvm
 
 ACCESS = ("testing", "testing")
 
@@ -69,13 +69,7 @@ class S3Server:
             s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
 
     def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            os.kill(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+        jvm.stop_process(self._proc)  # not a JVM, but stopped the same way: by PID
         if getattr(self, "_log", None):
             self._log.close()
 
