@@ -76,7 +76,12 @@ def is_compressed(path: str) -> bool:
 
 
 def plan_ranges(path: str, size: int, chunk_bytes: int) -> list[FileRange]:
-    """Cut a file into byte ranges of about `chunk_bytes`; a compressed file cannot be cut."""
+    """Cut a file into byte ranges of about `chunk_bytes`; a compressed file cannot be cut.
+
+    Nothing to read in an empty file, nor in a folder a glob matched (HDFS lists folders with size 0).
+    """
+    if size == 0:
+        return []
     if is_compressed(path) or size <= chunk_bytes:
         return [FileRange(path, 0, None)]
     return [FileRange(path, start, min(start + chunk_bytes, size)) for start in range(0, size, chunk_bytes)]

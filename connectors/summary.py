@@ -13,10 +13,9 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from connectors.files import WrittenFile, join
+from connectors.files import WrittenFile
 
 SUMMARY_FILE = "summary.json"
-
 
 
 def merge_counts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -54,11 +53,11 @@ def _write(counts: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 class WriteSummary(beam.PTransform):
-    """Count dicts and published files -> `<output>/summary.json`; emits the summary dict."""
+    """Count dicts and published files -> the summary file at `path`; emits the summary dict."""
 
-    def __init__(self, output: str, counts: tuple[beam.PCollection, ...], written: tuple[beam.PCollection, ...]):
+    def __init__(self, path: str, counts: tuple[beam.PCollection, ...], written: tuple[beam.PCollection, ...]):
         super().__init__()
-        self._path = join(output, SUMMARY_FILE)
+        self._path = path
         self._counts, self._written = counts, written
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:

@@ -10,21 +10,24 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.archives import STATS, InputError, ReadArchives, check_inputs
 from connectors.files import join, remove_tree
 from connectors.search import install_templates
 from connectors.summary import SUMMARY_FILE, WriteSummary
-from pipelines import graph
+from pipelines import graph, resume
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.options import UsageError, beam_options, setup_logging
 
 log = logging.getLogger("dpipe.backfill")
+DEFAULT_WAVE_BYTES = 1 << 30
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -39,35 +42,77 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", required=True, metavar="DIR", help="where events/, deadletter/ and summary.json go")
     parser.add_argument("--config", metavar="FILE", help="job YAML (see templates/jobs/); default: embedded defaults")
     parser.add_argument("--workers", type=int, metavar="N", help="local runner: N worker processes (default 1)")
+    parser.add_argument("--skip_done", action="store_true",
+                        help="resumable: run in waves recorded in OUTPUT/_done/ and skip files already done there")
+    parser.add_argument("--wave_mb", type=int, default=DEFAULT_WAVE_BYTES >> 20, metavar="MB",
+                        help="with --skip_done: input megabytes per wave (default %(default)s)")
     parser.add_argument("--es_install_templates", action="store_true",
                         help="install the index template and lifecycle policy (idempotent) before writing")
     return parser.parse_known_args(argv)
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, inputs: list[str], job: JobConfig, run: graph.RunContext
+    pipeline: beam.Pipeline, inputs: list[str], job: JobConfig, run: graph.RunContext, summary_path: str
 ) -> beam.PCollection:
-    """The backfill: ReadArchives -> the one graph -> summary.json. Returns the summary PCollection."""
+    """The backfill: ReadArchives -> the one graph -> the summary file. Returns the summary PCollection."""
     read = pipeline | "ReadArchives" >> ReadArchives(inputs, job.read.chunk_bytes, job.read.block_bytes)
     outputs = graph.build(read.lines, job, run)
     counts = (read[STATS], *outputs.counts)
-    return pipeline | "WriteSummary" >> WriteSummary(run.output, counts, outputs.written())
+    return pipeline | "WriteSummary" >> WriteSummary(summary_path, counts, outputs.written())
 
 
 def run_backfill(inputs: list[str], output: str, job: JobConfig, beam_args: list[str],
-                 workers: int | None = None, install_templates: bool = False) -> dict[str, Any]:
-    """Run the backfill to completion and return its summary (also in `<output>/summary.json`)."""
+                 workers: int | None = None, install_templates: bool = False,
+                 skip_done: bool = False, wave_bytes: int = DEFAULT_WAVE_BYTES) -> dict[str, Any]:
+    """Run the backfill to completion and return its summary (also in `<output>/summary.json`).
+
+    With `skip_done` the inputs run in waves of about `wave_bytes`, each recorded in `<output>/_done/` once
+    its outputs are published, and files recorded by an earlier run are skipped (see pipelines.resume).
+    """
     options = beam_options(beam_args, workers)
     FileSystems.set_options(options)
-    check_inputs(inputs)
     if install_templates:
         prepare_search_cluster(job)
+    if skip_done:
+        summary = _run_waves(inputs, output, job, options, wave_bytes)
+    else:
+        check_inputs(inputs)
+        summary = _run_once(inputs, output, job, options, lambda run: join(run.output, SUMMARY_FILE))
+    return summary
+
+
+def _run_once(inputs: list[str], output: str, job: JobConfig, options: PipelineOptions,
+              summary_path: Callable[[graph.RunContext], str]) -> dict[str, Any]:
     run = graph.RunContext.new(output)
+    path = summary_path(run)
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, inputs, job, run)
+        build_pipeline(pipeline, inputs, job, run, path)
+    with FileSystems.open(path) as f:
+        summary = orjson.loads(f.read())
     remove_tree(run.temp_dir)
-    with FileSystems.open(join(run.output, SUMMARY_FILE)) as f:
-        return orjson.loads(f.read())
+    return summary
+
+
+def _run_waves(inputs: list[str], output: str, job: JobConfig, options: PipelineOptions,
+               wave_bytes: int) -> dict[str, Any]:
+    """Run the files no earlier wave recorded, wave by wave; summary.json sums every wave's record."""
+    records = resume.read_records(output)
+    files = resume.list_inputs(inputs)
+    todo = resume.undone(files, records)
+    log.info("%d of %d input files already done in %s (%d waves); %d to go",
+             len(files) - len(todo), len(files), output, len(records), len(todo))
+    waves = list(resume.plan_waves(todo, wave_bytes))
+    for n, wave in enumerate(waves, 1):
+        log.info("wave %d/%d: %d files, %.1f MB", n, len(waves), len(wave), sum(f.size for f in wave) / 1e6)
+        summary = _run_once([f.path for f in wave], output, job, options,
+                            lambda run: join(run.temp_dir, SUMMARY_FILE))
+        record = resume.WaveRecord(resume.wave_id(wave), wave, summary)
+        resume.write_record(output, record)
+        records.append(record)
+    summary = resume.total_summary(records)
+    with FileSystems.create(join(output, SUMMARY_FILE)) as f:
+        f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    return summary
 
 
 def prepare_search_cluster(job: JobConfig) -> None:
@@ -127,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_config(args.config)
         started = time.monotonic()
-        summary = run_backfill(args.input, args.output, job, beam_args, args.workers, args.es_install_templates)
+        summary = run_backfill(args.input, args.output, job, beam_args, args.workers, args.es_install_templates,
+                               args.skip_done, args.wave_mb << 20)
     except (ConfigError, InputError, UsageError) as err:
         print(f"dpipe: {err}", file=sys.stderr)
         return 2

@@ -14,11 +14,11 @@ from pipelines.backfill import run_backfill
 from pipelines.config import load_config
 from tests.conftest import PINNED
 from tests.servers.hdfs import HdfsServer
+from tests.test_resume import CORE
 from tests.test_s3 import SAME, events_of
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def test_backfill_from_hdfs_to_hdfs_equals_the_local_run(hdfs: HdfsServer, sampl
     client.makedirs("/archive/rs")
     for path in sorted(logs.iterdir()):
         client.upload(f"/archive/rs/{path.name}", str(path))
+    client.upload(f"/archive/rs/older/{path.name}", str(path))  # `*` lists this folder too: it is no file
     job = load_config(ROOT / "templates" / "jobs" / "engine.als.yaml")
     local = run_backfill([str(logs / "*")], str(tmp_path / "local"), job, PINNED)
     remote = run_backfill([hdfs.beam_path("/archive/rs/*")], hdfs.beam_path("/results/run1"), job,
@@ -52,3 +53,8 @@ def test_backfill_from_hdfs_to_hdfs_equals_the_local_run(hdfs: HdfsServer, sampl
     local_events = events_of(ds.dataset(tmp_path / "local" / "events", format="parquet",
                                         partitioning="hive").to_table())
     assert sorted(remote_events) == local_events
+
+    waves = run_backfill([hdfs.beam_path("/archive/rs/*")], hdfs.beam_path("/results/run2"), job,
+                         PINNED + hdfs.beam_options(), skip_done=True, wave_bytes=1 << 20)
+    assert {k: waves[k] for k in CORE} == {k: local[k] for k in CORE}
+    assert len(client.list("/results/run2/_done")) > 1, "the resumable run records its waves on HDFS"

@@ -14,6 +14,7 @@ from pipelines.backfill import run_backfill
 from pipelines.config import load_config
 from tests.conftest import PINNED
 from tests.servers.s3 import S3Server
+from tests.test_resume import CORE
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +62,9 @@ def test_backfill_from_s3_to_s3_equals_the_local_run(s3: S3Server, sample, tmp_p
     assert remote_events == local_events
     summary = json.loads(client.get_object(Bucket="results", Key="run1/summary.json")["Body"].read())
     assert summary["events"] == local["events"]
+
+    waves = run_backfill(["s3://archive/rs/history/*"], "s3://results/run2", job, PINNED + s3.beam_options(),
+                         skip_done=True, wave_bytes=1 << 20)
+    assert {k: waves[k] for k in CORE} == {k: local[k] for k in CORE}
+    done = client.list_objects_v2(Bucket="results", Prefix="run2/_done/")["Contents"]
+    assert len(done) > 1 and all(o["Key"].endswith(".json") for o in done), "waves recorded whole on S3"
