@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SAMPLE := data/sample
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean tools
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "dpipe needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -24,8 +24,25 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 
-test: lint
+test: lint tools
 	$(PY) -m pytest
+
+# Local streaming servers built with Go from the module proxy into .tools/ (nothing under $$HOME): Beam's
+# Prism runner, pinned to the Python SDK's version, and Google's in-memory Pub/Sub server (pstest).
+# A binary that exists is not rebuilt: delete .tools/bin/prism after changing PRISM_VERSION.
+GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+PRISM_VERSION := v2.77.0
+TOOLS := $(CURDIR)/.tools
+GOENV := GOPATH=$(TOOLS)/go GOMODCACHE=$(TOOLS)/go/mod GOCACHE=$(TOOLS)/go/cache GOBIN=$(TOOLS)/bin \
+	GOFLAGS=-modcacherw GOTOOLCHAIN=local
+
+tools: .tools/bin/prism .tools/bin/pstest
+
+.tools/bin/prism:
+	$(GOENV) $(GO) install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION)
+
+.tools/bin/pstest: tests/servers/pstest/main.go tests/servers/pstest/go.mod tests/servers/pstest/go.sum
+	cd tests/servers/pstest && $(GOENV) $(GO) build -o $(TOOLS)/bin/pstest .
 
 bench: setup
 	$(PY) -m bench.backfill
