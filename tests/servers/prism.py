@@ -1,0 +1,89 @@
+"""Beam's Prism runner (Go) for local streaming tests: the binary `make tools` builds, pinned flags, and a
+Prism job server the test owns and stops by PID.
+
+Why Prism: the Python local runners cannot emit windowed results while an unbounded source is still
+running (they hold its watermark until it ends); Prism can (tests/test_prism.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.servers import jvm
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".tools" / "bin"
+
+
+def prism_path() -> Path:
+    """`.tools/bin/prism`, built by `make tools` (Beam's Go runner at the Python SDK's version)."""
+    path = BIN / "prism"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `make tools` (builds Prism with Go from the module proxy)")
+    return path
+
+
+def prism_options() -> list[str]:
+    """Pipeline flags that run on our Prism binary and never download one.
+
+    A local --prism_location is used as is (Beam's PrismJobServer only downloads for a URL or when the flag is
+    absent). Beam then starts Prism itself and keeps it until the interpreter exits; use PrismServer for a
+    process the caller stops. LOOPBACK runs the Python workers in this process (PrismRunner's default, pinned).
+    Add --streaming for unbounded pipelines.
+    """
+    return ["--runner=PrismRunner", f"--prism_location={prism_path()}", "--environment_type=LOOPBACK",
+            "--prism_log_level=warn"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrismServer:
+    """A Prism job server in a subprocess: pipelines submit to it with `options()`; `stop()` ends it by PID."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.endpoint = f"localhost:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, log: Path, timeout: float = 30) -> None:
+        self._log = log.open("wb")
+        cmd = [str(prism_path()), "--job_port", str(self.port), "--serve_http=false", "--log_level", "warn"]
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                      preexec_fn=jvm.pdeathsig_preexec())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"prism exited ({self._proc.returncode}): {log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"prism did not listen on {self.endpoint} within {timeout} s")
+
+    def options(self) -> list[str]:
+        """prism_options() pointed at this server: with --job_endpoint Beam starts no Prism of its own."""
+        return [*prism_options(), f"--job_endpoint={self.endpoint}"]
+
+    def stop(self) -> None:
+        jvm.stop_process(self._proc)  # not a JVM, but stopped the same way: by PID
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> PrismServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
