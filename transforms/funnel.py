@@ -1,0 +1,321 @@
+"""Funnels over behaviour rows: users reaching each ordered step within a conversion window, per dimension.
+
+Definition (the brute-force `reference_depths` spells it out; `FunnelTracker` computes the same in one pass):
+- A user's rows are taken in time order; rows at the same millisecond are ordered by the first step they
+  match, so a `visit` and a `cart` logged together count as visit -> cart.
+- An attempt starts at a row matching step 1; its dimension values (`dimensions`, e.g. area) and its period
+  (the calendar day/week/month of that row, UTC) are the first row's. It reaches step k when rows matching
+  steps 2..k follow in order, each within `window` of the first row.
+- `order: any` lets other rows come between the steps; `order: strict` ends an attempt at the first row that
+  matches a step of the funnel but is not the attempt's next step (a repeated step included).
+- Per (period, dimension values), a user counts once at each step up to the deepest any attempt reached.
+
+Bounded inputs group each user's rows and run the tracker once (`FunnelCounts`); unbounded inputs keep a
+tracker per user in keyed state and feed it rows in time order as the watermark passes them, emitting only
+the changes of each user's depth: counts per period are sums of those changes, so both agree on the same
+rows (tested), and per-row state is one buffered row until the watermark passes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import coders
+from apache_beam.transforms import trigger, userstate, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.behaviour import BehaviourBatch, BehaviourRow, column_name
+from transforms.cardinality import period_start
+from transforms.decorate import fingerprint
+
+ORDERS = ("any", "strict")
+Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A step: rows with this action whose columns equal `where` (a value or a list of allowed values)."""
+
+    name: str
+    action: str
+    where: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def matches(self, row: BehaviourRow) -> bool:
+        if row.action != self.action:
+            return False
+        return all(row.get(col) in allowed for col, allowed in self.where)
+
+
+@dataclass(frozen=True)
+class FunnelSpec:
+    name: str
+    steps: tuple[StepSpec, ...]
+    window_ms: int
+    order: str = "any"
+    dimensions: tuple[str, ...] = ()
+    period: str = "day"
+    lateness_ms: int = 0  # unbounded: how long a period's counts stay open for rows behind the watermark
+
+    def step_hits(self, row: BehaviourRow) -> list[int]:
+        return [i for i, step in enumerate(self.steps) if step.matches(row)]
+
+    def slot(self, row: BehaviourRow) -> Slot:
+        day = datetime.fromtimestamp(row.ts / 1000, UTC).date()
+        dims = tuple(row.get(column_name(d)) or "" for d in self.dimensions)
+        return period_start(day, self.period).isoformat(), dims
+
+
+def sort_key(spec: FunnelSpec):
+    """Time order; ties by the first step matched (rows matching no step last)."""
+    n = len(spec.steps)
+
+    def key(row: BehaviourRow) -> tuple[int, int]:
+        hits = spec.step_hits(row)
+        return row.ts, hits[0] if hits else n
+
+    return key
+
+
+@dataclass
+class FunnelTracker:
+    """One user's attempts. `feed` rows in time order; it returns the slots whose depth grew: (slot, old, new).
+
+    Per slot, starts[k] is the latest first-row time of an attempt that has reached step k+1: the latest start
+    leaves the most window for what follows, so it stands for every attempt at that depth. In strict order an
+    attempt the row does not advance ends.
+    """
+
+    spec: FunnelSpec
+    starts: dict[Slot, list[int | None]] = field(default_factory=dict)
+    best: dict[Slot, int] = field(default_factory=dict)
+    last_ts: int = 0
+
+    def feed(self, row: BehaviourRow) -> list[tuple[Slot, int, int]]:
+        hits = self.spec.step_hits(row)
+        if not hits:
+            return []
+        self.last_ts = max(self.last_ts, row.ts)
+        grown = []
+        for slot, depth in self._advance(row.ts, hits, row):
+            old = self.best.get(slot, 0)
+            if depth > old:
+                self.best[slot] = depth
+                grown.append((slot, old, depth))
+        return grown
+
+    def _advance(self, ts: int, hits: list[int], row: BehaviourRow) -> Iterator[tuple[Slot, int]]:
+        window, n, strict = self.spec.window_ms, len(self.spec.steps), self.spec.order == "strict"
+        for slot, starts in self.starts.items():
+            after = [None] * n if strict else starts
+            for k in sorted(hits, reverse=True):  # one row advances an attempt by one step at most
+                if k > 0 and (s := starts[k - 1]) is not None and ts - s <= window and (
+                        after[k] is None or s > after[k]):
+                    after[k] = s
+                    yield slot, k + 1
+            self.starts[slot] = after
+        if hits[0] == 0:
+            slot = self.spec.slot(row)
+            self.starts.setdefault(slot, [None] * n)[0] = ts
+            yield slot, 1
+
+    def expire(self, now_ms: int) -> None:
+        """Forget attempts that can no longer advance at `now_ms` (rows come in time order), and the depths of
+        periods closed for good (their end + window + lateness has passed)."""
+        window = self.spec.window_ms
+        for slot, starts in list(self.starts.items()):
+            if all(s is None or now_ms - s > window for s in starts):
+                del self.starts[slot]
+        for slot in [s for s in self.best if self._closes(s) <= now_ms]:
+            del self.best[slot]
+
+    def _closes(self, slot: Slot) -> int:
+        return period_end_ms(slot[0], self.spec.period) + self.spec.window_ms + self.spec.lateness_ms
+
+    def next_expiry(self) -> int | None:
+        """When `expire` will next have something to forget (None when idle)."""
+        times = [max(s for s in starts if s is not None) + self.spec.window_ms + 1 for starts in self.starts.values()
+                 if any(s is not None for s in starts)]
+        times += [self._closes(slot) for slot in self.best]
+        return min(times) if times else None
+
+
+def period_end_ms(start: str, period: str) -> int:
+    day = date.fromisoformat(start)
+    if period == "day":
+        end = day + timedelta(days=1)
+    elif period == "week":
+        end = day + timedelta(days=7)
+    else:
+        end = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return int(datetime(end.year, end.month, end.day, tzinfo=UTC).timestamp() * 1000)
+
+
+def user_depths(spec: FunnelSpec, rows: Iterable[BehaviourRow]) -> dict[Slot, int]:
+    """A user's deepest step per slot, from all their rows in any order (the bounded path)."""
+    tracker = FunnelTracker(spec)
+    for row in sorted(rows, key=sort_key(spec)):
+        tracker.feed(row)
+    return tracker.best
+
+
+def reference_depths(spec: FunnelSpec, rows: Iterable[BehaviourRow]) -> dict[Slot, int]:
+    """The definition, by brute force over every attempt (quadratic: for tests and the benchmark only)."""
+    ordered = [r for r in sorted(rows, key=sort_key(spec)) if spec.step_hits(r)]
+    n, best = len(spec.steps), {}
+    for i, first in enumerate(ordered):
+        if not spec.steps[0].matches(first):
+            continue
+        depth = 1
+        for row in ordered[i + 1:]:
+            if depth == n or row.ts - first.ts > spec.window_ms:
+                break
+            if spec.steps[depth].matches(row):
+                depth += 1
+            elif spec.order == "strict":
+                break
+        slot = spec.slot(first)
+        best[slot] = max(best.get(slot, 0), depth)
+    return best
+
+
+def increments(old: int, new: int, n: int) -> tuple[int, ...]:
+    """A user's depth went from old to new: one more user at steps old+1..new."""
+    return tuple(1 if old < k <= new else 0 for k in range(1, n + 1))
+
+
+def add_vectors(vectors: Iterable[tuple[int, ...]]) -> tuple[int, ...]:
+    total: list[int] = []
+    for v in vectors:
+        if not total:
+            total = list(v)
+        else:
+            for i, x in enumerate(v):
+                total[i] += x
+    return tuple(total)
+
+
+def result(spec: FunnelSpec, slot: Slot, users: tuple[int, ...]) -> dict[str, Any]:
+    """One output row: users per step, step-to-step and overall conversion."""
+    start, dims = slot
+    steps = []
+    for i, (step, n) in enumerate(zip(spec.steps, users, strict=True)):
+        prev = users[i - 1] if i else n
+        steps.append({"step": step.name, "users": n, "conversion": round(n / prev, 4) if prev else 0.0})
+    dimensions = dict(zip(spec.dimensions, dims, strict=True))
+    return {
+        "_id": fingerprint(f"funnel\0{spec.name}\0{spec.period}\0{start}\0{dims}"),
+        "funnel": spec.name, "period": spec.period, "start": start, "dimensions": dimensions, "steps": steps,
+        "overall": round(users[-1] / users[0], 4) if users[0] else 0.0,
+    }
+
+
+def _user_rows(spec: FunnelSpec):
+    def keyed(batch: BehaviourBatch) -> Iterator[tuple[str, BehaviourRow]]:
+        for row in batch.rows:
+            if spec.step_hits(row):
+                yield row.user, row
+
+    return keyed
+
+
+def _bounded_changes(spec: FunnelSpec):
+    n = len(spec.steps)
+
+    def changes(user_rows: tuple[str, Iterable[BehaviourRow]]) -> Iterator[tuple[Slot, tuple[int, ...]]]:
+        for slot, depth in user_depths(spec, user_rows[1]).items():
+            yield slot, increments(0, depth, n)
+
+    return changes
+
+
+_ROWS = beam.DoFn.StateParam(userstate.BagStateSpec("rows", coders.PickleCoder()))
+_TRACKER = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("tracker", coders.PickleCoder()))
+_NEXT = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("next", coders.VarIntCoder()))
+_WAKE_SPEC = userstate.TimerSpec("wake", TimeDomain.WATERMARK)
+_WAKE = beam.DoFn.TimerParam(_WAKE_SPEC)
+
+
+class _TrackUsersDoFn(beam.DoFn):
+    """Unbounded: rows wait in a bag until the watermark passes them, then feed the user's tracker in time
+    order; a timer at the earliest waiting row (or at the tracker's expiry) drives it."""
+
+    def __init__(self, spec: FunnelSpec) -> None:
+        self._spec = spec
+
+    def process(self, element: tuple[str, BehaviourRow], rows=_ROWS, next_at=_NEXT, wake=_WAKE) -> None:
+        row = element[1]
+        rows.add(row)
+        self._wake_at(row.ts, next_at, wake)
+
+    @userstate.on_timer(_WAKE_SPEC)
+    def on_wake(self, fired=beam.DoFn.TimestampParam, rows=_ROWS, tracker_state=_TRACKER, next_at=_NEXT,
+                wake=_WAKE) -> Iterator[Any]:
+        spec, now = self._spec, fired.micros // 1000
+        waiting = list(rows.read())
+        due = sorted((r for r in waiting if r.ts <= now), key=sort_key(spec))
+        later = [r for r in waiting if r.ts > now]
+        tracker = tracker_state.read() or FunnelTracker(spec)
+        n = len(spec.steps)
+        for row in due:
+            for slot, old, new in tracker.feed(row):
+                yield slot, increments(old, new, n)
+        rows.clear()
+        for r in later:
+            rows.add(r)
+        tracker.expire(now)
+        next_at.clear()
+        if later:
+            self._wake_at(min(r.ts for r in later), next_at, wake)
+        expiry = tracker.next_expiry()
+        if expiry is None:
+            tracker_state.clear()
+        else:
+            tracker_state.write(tracker)
+            self._wake_at(max(expiry, now + 1), next_at, wake)
+
+    @staticmethod
+    def _wake_at(ts_ms: int, next_at, wake) -> None:
+        current = next_at.read()
+        if current is None or ts_ms < current:
+            next_at.write(ts_ms)
+            wake.set(Timestamp(micros=ts_ms * 1000))
+
+
+class FunnelCounts(beam.PTransform):
+    """BehaviourBatches -> one result per (period, dimension values): users per step and conversions.
+
+    Bounded: exact counts once the input ends. Unbounded: running counts, re-emitted (accumulating) every
+    `refresh_s` seconds of processing time while rows arrive.
+    """
+
+    def __init__(self, spec: FunnelSpec, refresh_s: float = 10.0) -> None:
+        super().__init__(f"Funnel[{spec.name}]")
+        self._spec, self._refresh = spec, refresh_s
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        spec = self._spec
+        by_user = batches | "ByUser" >> beam.FlatMap(_user_rows(spec))
+        if by_user.is_bounded:
+            changes = (by_user | "GroupUsers" >> beam.GroupByKey()
+                       | "Depths" >> beam.FlatMap(_bounded_changes(spec)))
+        else:
+            changes = (
+                by_user
+                | "TrackUsers" >> beam.ParDo(_TrackUsersDoFn(spec))
+                | "Running" >> beam.WindowInto(
+                    window.GlobalWindows(),
+                    trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(self._refresh),
+                                                   late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                )
+            )
+        return (
+            changes
+            | "Sum" >> beam.CombinePerKey(add_vectors)
+            | "Result" >> beam.MapTuple(lambda slot, users: result(spec, slot, users))
+        )
