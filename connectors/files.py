@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.behaviour import BehaviourBatch, BehaviourRow
 from transforms.event import DeadLetter, EventBatch
 
 EVENT_SCHEMA = pa.schema(
@@ -80,27 +81,47 @@ class _Writer(Protocol):
 
 
 class _ParquetWriter:
-    def __init__(self, stream: BinaryIO, schema: pa.Schema, compression: str | None, category: str) -> None:
+    """Arrow tables into one Parquet file; `count(table, counts)` keeps the summary counts of what it holds.
+    With `sort_by`, rows are held until close and written sorted (the behaviour store: by user and time)."""
+
+    def __init__(self, stream: BinaryIO, schema: pa.Schema, compression: str | None,
+                 count: Callable[[pa.Table, dict], None], counts: dict[str, Any],
+                 sort_by: list[str] | None = None) -> None:
         self._stream = stream
         self._writer = pq.ParquetWriter(stream, schema, compression=compression)
+        self._count, self.counts, self._sort_by = count, counts, sort_by
+        self._held: list[pa.Table] = []
         self.rows = 0
-        self._decorations = schema.names[len(EVENT_SCHEMA):]
-        self.counts: dict[str, Any] = {"events": 0, "categories": {category: 0}, "decorations": {}}
-        self._category = category
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table)
+        if self._sort_by:
+            self._held.append(table)
+        else:
+            self._writer.write_table(table)
         self.rows += table.num_rows
-        self.counts["events"] += table.num_rows
-        self.counts["categories"][self._category] += table.num_rows
-        decorated = self.counts["decorations"]
-        for name in self._decorations:
+        self._count(table, self.counts)
+
+    def close(self) -> None:
+        if self._held:
+            table = pa.concat_tables(self._held).sort_by([(c, "ascending") for c in self._sort_by])
+            self._writer.write_table(table)
+        self._writer.close()
+        self._stream.close()
+
+
+def _event_counter(schema: pa.Schema, category: str) -> tuple[Callable[[pa.Table, dict], None], dict[str, Any]]:
+    """Summary counts of an events file: events, per category, and values per decoration column."""
+    decorations = schema.names[len(EVENT_SCHEMA):]
+
+    def count(table: pa.Table, counts: dict[str, Any]) -> None:
+        counts["events"] += table.num_rows
+        counts["categories"][category] += table.num_rows
+        decorated = counts["decorations"]
+        for name in decorations:
             column = table.column(name)
             decorated[name] = decorated.get(name, 0) + len(column) - column.null_count
 
-    def close(self) -> None:
-        self._writer.close()
-        self._stream.close()
+    return count, {"events": 0, "categories": {category: 0}, "decorations": {}}
 
 
 class _JsonLinesWriter:
@@ -281,7 +302,59 @@ class WriteEventsParquet(_WriteShards):
                 group_of=lambda b: b.shard,
                 stem_of=_batch_stem,
                 split=lambda batch: event_partitions(batch, schema),
-                opener=lambda stream, category: _ParquetWriter(stream, schema, codec, category),
+                opener=lambda stream, category: _ParquetWriter(stream, schema, codec,
+                                                               *_event_counter(schema, category)),
+            )
+        )
+
+
+BEHAVIOUR_SCHEMA = pa.schema([("user", pa.string()), ("ts", pa.timestamp("ms", tz="UTC")),
+                              ("action", pa.string()), ("category", pa.string()), ("area", pa.string())])
+
+
+def behaviour_schema(dimensions: Iterable[str] = ()) -> pa.Schema:
+    """The store's columns: the base ones, then every configured dimension as text (null where absent)."""
+    schema = BEHAVIOUR_SCHEMA
+    for name in dimensions:
+        if schema.get_field_index(name) < 0:
+            schema = schema.append(pa.field(name, pa.string()))
+    return schema
+
+
+def behaviour_partitions(batch: BehaviourBatch, schema: pa.Schema) -> Iterator[tuple[str, None, pa.Table]]:
+    """Split a batch of behaviour rows by UTC date into Arrow tables: (partition folder, None, table)."""
+    days: dict[int, list[BehaviourRow]] = {}
+    for row in batch.rows:
+        days.setdefault(row.ts // _MS_PER_DAY, []).append(row)
+    dims = schema.names[len(BEHAVIOUR_SCHEMA):]
+    for day, rows in days.items():
+        ts = pa.array([r.ts for r in rows], pa.int64()).cast(schema.field("ts").type)
+        columns = {
+            "user": [r.user for r in rows], "ts": ts,
+            "action": [r.action for r in rows], "category": [r.category for r in rows], "area": [r.area for r in rows],
+            **{d: [r.dims.get(d) for r in rows] for d in dims},
+        }
+        date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+        yield f"date={date}", None, pa.table(columns, schema=schema)
+
+
+def _count_behaviour(table: pa.Table, counts: dict[str, Any]) -> None:
+    counts["behaviour"] += table.num_rows
+
+
+class WriteBehaviour(_WriteShards):
+    """BehaviourBatch -> `behaviour/date=YYYY-MM-DD/part-*.parquet`, each file sorted by user and time."""
+
+    def __init__(self, output: str, temp_dir: str, schema: pa.Schema, compression: str = "zstd") -> None:
+        codec = None if compression == "none" else compression
+        super().__init__(
+            _ShardedWriteDoFn(
+                "behaviour", output, temp_dir, "parquet",
+                group_of=lambda b: b.shard,
+                stem_of=_batch_stem,
+                split=lambda batch: behaviour_partitions(batch, schema),
+                opener=lambda stream, _: _ParquetWriter(stream, schema, codec, _count_behaviour, {"behaviour": 0},
+                                                        sort_by=["user", "ts"]),
             )
         )
 

@@ -24,6 +24,7 @@ from connectors.search import install_templates
 from connectors.summary import SUMMARY_FILE, WriteSummary
 from pipelines import graph, resume
 from pipelines.config import ConfigError, JobConfig, load_config
+from pipelines.funnel import format_funnels, read_results
 from pipelines.options import UsageError, beam_options, setup_logging
 
 log = logging.getLogger("dpipe.backfill")
@@ -145,7 +146,8 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         out.append(f"  decorated     {top(summary['decorations'])}")
     if summary["routes"]:
         out.append(f"  routes        {top(summary['routes'])}; unmatched {summary['unmatched']:,}")
-    results = {k: summary[k] for k in ("alarms", "counters", "cardinality", "stats") if summary.get(k)}
+    results = {k: summary[k] for k in ("alarms", "counters", "cardinality", "stats", "behaviour", "funnels")
+               if summary.get(k)}
     if results:
         out.append("  analysis      " + ", ".join(f"{k} {v:,}" for k, v in results.items()))
     if summary.get("index"):
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpipe: {err}", file=sys.stderr)
         return 2
     print(format_summary(summary, args.output, time.monotonic() - started))
+    if job.funnels:
+        print(format_funnels(read_results(args.output)))
     return 0 if summary["balanced"] else 1
 
 

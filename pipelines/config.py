@@ -27,6 +27,7 @@ from pydantic import (
 from connectors.notify import ConsoleSettings, EmailSettings, Notifiers, WebhookSettings
 from connectors.search import SearchSettings
 from transforms.alarms import RuleSpec
+from transforms.behaviour import BehaviourSpec, column_name
 from transforms.cardinality import DEFAULT_LG_K, CardinalitySpec
 from transforms.counters import CounterSpec
 from transforms.decorate import (
@@ -41,6 +42,7 @@ from transforms.decorate import (
     Rule,
     compile_path,
 )
+from transforms.funnel import FunnelSpec, StepSpec
 from transforms.geoip import default_db
 from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Condition, Matcher, RouteSpec
@@ -522,6 +524,53 @@ class AlarmsConfig(_Section):
         )
 
 
+class BehaviourConfig(_Section):
+    """Per-user action rows from a route (the original's `uid_field` / `action_field`), for the behaviour
+    store and the funnels: the action is a field's value or a fixed name."""
+
+    route: str
+    user_field: DottedKey
+    action_field: DottedKey | None = None
+    action: str | None = Field(default=None, min_length=1)
+    dimensions: list[DottedKey] = []
+
+    @model_validator(mode="after")
+    def _one_action(self) -> BehaviourConfig:
+        if (self.action_field is None) == (self.action is None):
+            raise ValueError("give exactly one of action_field (the action is a field's value) or action (a name)")
+        return self
+
+    def spec(self) -> BehaviourSpec:
+        return BehaviourSpec(self.route, self.user_field, self.action_field, self.action, tuple(self.dimensions))
+
+
+class FunnelStepConfig(_Section):
+    name: str = Field(min_length=1)
+    action: str = Field(min_length=1)
+    where: dict[str, str | list[str]] = {}  # behaviour columns: category, area or a dimension
+
+
+class FunnelConfig(_Section):
+    """Ordered steps within `window` of the first, counted per `period` of the first step and per dimensions."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    steps: Annotated[list[FunnelStepConfig], Field(min_length=2)]
+    window: Duration = 86400.0
+    order: Literal["any", "strict"] = "any"
+    dimensions: list[DottedKey] = []
+    period: Literal["day", "week", "month"] = "day"
+    allowed_lateness: Duration = 0.0
+
+    def spec(self) -> FunnelSpec:
+        steps = tuple(
+            StepSpec(s.name, s.action, tuple((column_name(k), tuple(v) if isinstance(v, list) else (v,))
+                                              for k, v in s.where.items()))
+            for s in self.steps
+        )
+        return FunnelSpec(self.name, steps, int(self.window * 1000), self.order, tuple(self.dimensions),
+                          self.period, int(self.allowed_lateness * 1000))
+
+
 class JobConfig(_Section):
     name: str = Field(default="dpipe", min_length=1)
     parse: ParseConfig = ParseConfig()
@@ -535,6 +584,26 @@ class JobConfig(_Section):
     cardinality: list[CardinalityConfig] = []
     statistics: list[StatisticsConfig] = []
     alarms: AlarmsConfig | None = None
+    behaviour: list[BehaviourConfig] = []
+    funnels: list[FunnelConfig] = []
+
+    @model_validator(mode="after")
+    def _funnels_read_behaviour(self) -> JobConfig:
+        columns = {"action", "category", "area"} | {column_name(d) for b in self.behaviour for d in b.dimensions}
+        if self.funnels and not self.behaviour:
+            raise ValueError("funnels need a `behaviour:` section: which routes give users and actions")
+        for f in self.funnels:
+            used = [("dimensions", column_name(d)) for d in f.dimensions]
+            used += [(f"steps.{s.name}.where", column_name(k)) for s in f.steps for k in s.where]
+            for where, column in used:
+                if column not in columns:
+                    raise ValueError(f"funnels.{f.name}.{where}: {column!r} is no behaviour column; columns: "
+                                     f"{', '.join(sorted(columns))} (add it to a behaviour source's dimensions)")
+        if len({f.name for f in self.funnels}) != len(self.funnels):
+            raise ValueError("funnel names must be unique")
+        if len({b.route for b in self.behaviour}) != len(self.behaviour):
+            raise ValueError("behaviour: one source per route")
+        return self
 
     @model_validator(mode="after")
     def _known_routes(self) -> JobConfig:
@@ -544,6 +613,7 @@ class JobConfig(_Section):
         wanted += [(f"cardinality.{c.name}.route", c.route) for c in self.cardinality]
         wanted += [(f"statistics.{c.name}.route", c.route) for c in self.statistics]
         wanted += [(f"alarms.rules.{r.name}.route", r.route) for r in (self.alarms.rules if self.alarms else [])]
+        wanted += [(f"behaviour.{b.route}.route", b.route) for b in self.behaviour]
         for where, route in wanted:
             if route not in names:
                 raise ValueError(f"{where}: no route named {route!r}; routes: {', '.join(sorted(names)) or 'none'}")

@@ -12,15 +12,25 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from connectors.files import WriteDeadLetters, WriteEventsParquet, WriteJsonRows, event_schema, join
+from connectors.files import (
+    WriteBehaviour,
+    WriteDeadLetters,
+    WriteEventsParquet,
+    WriteJsonRows,
+    behaviour_schema,
+    event_schema,
+    join,
+)
 from connectors.notify import Notify
 from connectors.search import WriteToElasticsearch
 from pipelines.config import JobConfig
 from transforms.alarms import Alarms
 from transforms.als import ParseAls, TimeBounds
+from transforms.behaviour import ToBehaviour, column_name
 from transforms.cardinality import Cardinality
 from transforms.counters import BufferedCounter
 from transforms.decorate import COUNTS, Decorate, rule_columns
+from transforms.funnel import FunnelCounts
 from transforms.route import Route, route_tag
 from transforms.statistics import Statistics
 
@@ -88,7 +98,7 @@ def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, o
     """Routes, and every sink that reads them: counters, cardinality, statistics, alarms, the index."""
     es = job.elasticsearch
     alarm_rules = job.alarms.rules if job.alarms else []
-    readers = [*job.counters, *job.cardinality, *job.statistics, *alarm_rules]
+    readers = [*job.counters, *job.cardinality, *job.statistics, *alarm_rules, *job.behaviour]
     routed = events | "Route" >> Route(job.route_specs(), emit=set(es.routes if es else ()) | {
         r.route for r in readers})
     out.counts.append(routed[COUNTS])
@@ -110,6 +120,14 @@ def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, o
         alarms = routed[route_tag(route)] | Alarms(f"Alarms[{route}]", [r.spec() for r in alarm_rules
                                                                          if r.route == route])
         write(alarms | f"Notify[{route}]" >> Notify(job.alarms.notifiers()), "alarms", route)
+    if job.behaviour:
+        rows = [routed[route_tag(b.route)] | ToBehaviour(b.spec()) for b in job.behaviour] | (
+            "AllBehaviour" >> beam.Flatten())
+        schema = behaviour_schema(column_name(d) for b in job.behaviour for d in b.dimensions)
+        out.published.append(rows | "WriteBehaviour" >> WriteBehaviour(run.output, run.temp_dir, schema,
+                                                                       job.archive.compression))
+        for funnel in job.funnels:
+            write(rows | FunnelCounts(funnel.spec()), "funnels", funnel.name)
     if es and to_index:
         indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
         out.dead_letters.append(indexed.deadletter)

@@ -4,8 +4,11 @@ bounded and unbounded transforms agreeing on the same rows."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
@@ -13,10 +16,15 @@ from apache_beam.transforms import window
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import runner_options
+from pipelines.backfill import run_backfill
+from pipelines.config import ConfigError, load_config, parse_config
+from pipelines.funnel import format_funnels, read_results
+from pipelines.funnel import main as funnel_cli
+from tests.conftest import PINNED, runner_options
 from transforms.behaviour import BehaviourBatch, BehaviourRow
 from transforms.funnel import FunnelCounts, FunnelSpec, StepSpec, reference_depths, user_depths
 
+ROOT = Path(__file__).resolve().parent.parent
 MIN = 60_000
 DAY = 86_400_000
 T0 = 1_389_916_800_000  # 2014-01-17 00:00 UTC
@@ -143,3 +151,57 @@ def test_bounded_and_unbounded_agree_with_the_definition() -> None:
     with beam.Pipeline(runner="BundleBasedDirectRunner", options=options) as p:
         results = p | stream | FunnelCounts(s, refresh_s=3600) | beam.Map(as_counts)
         assert_that(results, equal_to(truth))
+
+
+@pytest.fixture(scope="module")
+def demo(sample, tmp_path_factory: pytest.TempPathFactory):
+    logs, manifest = sample
+    out = tmp_path_factory.mktemp("funnel-demo")
+    job = load_config(ROOT / "templates" / "jobs" / "engine.als.yaml")
+    summary = run_backfill([str(logs / "*")], str(out), job, PINNED)
+    return manifest, out, summary
+
+
+def per_area(results: list[dict]) -> dict[str, dict[str, int]]:
+    return {r["dimensions"]["area"]: {s["step"]: s["users"] for s in r["steps"]} for r in results}
+
+
+def test_the_demo_funnel_has_the_conversions_the_generator_built_in(demo) -> None:
+    manifest, out, summary = demo
+    results = read_results(str(out))
+    assert per_area(results) == manifest["funnel"]["per_area"]
+    assert summary["funnels"] == len(results) == 6
+    for r in results:
+        rates = manifest["funnel"]["rates"][r["dimensions"]["area"]]
+        assert r["steps"][1]["conversion"] == pytest.approx(rates["cart_per_visit"], abs=0.12)
+    table = format_funnels(results)
+    assert "visit->cart" in table and len(table.splitlines()) == 2 + 6
+
+
+def test_the_behaviour_store_is_sorted_by_user_and_time_and_answers_the_same_funnel(demo, tmp_path, capsys) -> None:
+    manifest, out, summary = demo
+    files = sorted((out / "behaviour").glob("date=*/*.parquet"))
+    assert files and sum(pq.read_metadata(f).num_rows for f in files) == summary["behaviour"]
+    for f in files:
+        rows = pq.read_table(f).to_pylist()
+        assert [(r["user"], r["ts"]) for r in rows] == sorted((r["user"], r["ts"]) for r in rows)
+    code = funnel_cli(["--config", str(ROOT / "templates" / "jobs" / "engine.als.yaml"), "--input", str(out),
+                       "--from", "2014-01-01", "--to", "2014-01-31", "--output", str(tmp_path), *PINNED])
+    assert code == 0 and "visit->cart" in capsys.readouterr().out
+    assert per_area(read_results(str(tmp_path))) == manifest["funnel"]["per_area"]
+    assert funnel_cli(["--config", str(ROOT / "templates" / "jobs" / "engine.als.yaml"), "--input", str(out),
+                       "--from", "2015-01-01", "--to", "2015-01-31", *PINNED]) == 2
+    assert "no behaviour files" in capsys.readouterr().err
+
+
+def test_funnel_config_errors_name_the_key() -> None:
+    base = {"routes": [{"name": "shop"}], "behaviour": [{"route": "shop", "user_field": "uid", "action": "x"}]}
+    steps = [{"name": "a", "action": "x"}, {"name": "b", "action": "y"}]
+    with pytest.raises(ConfigError, match=r"funnels.f.dimensions: 'ver' is no behaviour column"):
+        parse_config({**base, "funnels": [{"name": "f", "steps": steps, "dimensions": ["ver"]}]})
+    with pytest.raises(ConfigError, match=r"funnels.0.steps"):
+        parse_config({**base, "funnels": [{"name": "f", "steps": steps[:1]}]})
+    with pytest.raises(ConfigError, match=r"funnels need a `behaviour:` section"):
+        parse_config({"funnels": [{"name": "f", "steps": steps}]})
+    with pytest.raises(ConfigError, match=r"exactly one of action_field"):
+        parse_config({"routes": [{"name": "shop"}], "behaviour": [{"route": "shop", "user_field": "uid"}]})
