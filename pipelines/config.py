@@ -407,8 +407,12 @@ class StatisticsConfig(_Section):
 
 
 class AlarmWindow(_Section):
+    """Sliding windows of event time; in a stream, partials up to `allowed_lateness` behind a window's end
+    still count (and may fire it late)."""
+
     size: Duration = 300.0
     period: Duration = 60.0
+    allowed_lateness: Duration = 0.0
 
     @model_validator(mode="after")
     def _fits(self) -> AlarmWindow:
@@ -473,6 +477,7 @@ class AlarmRule(_Section):
             self.name, int(self.window.size), int(self.window.period), self.aggregate, self.field,
             tuple(self.group_by), where, tuple(self.ignore), self.ignore_field, c.op, c.threshold,
             c.change_percent, c.min_base, self.severity, int(self.cooldown), self.samples,
+            int(self.window.allowed_lateness),
         )
 
 

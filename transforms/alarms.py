@@ -7,8 +7,12 @@ distinct values) and compares each window with a threshold (>=, >, <=, <) or wit
 cools down per (rule, key) for `cooldown` of event time, so one spike is one alarm, not one per overlapping
 window. Everything is in event time: a backfill raises the alarms a live run would have raised.
 
-Evaluation here is per key over its windows in time order (deterministic in a bounded run). The streaming
-issue adds early firings (triggers within one period) and allowed lateness for unbounded runs.
+A bounded run evaluates each key's windows in time order once its input ends. An unbounded run keeps each
+(rule, key)'s open windows in keyed state and evaluates them as partial counts arrive (every bundle): a rule
+whose value only grows (count or distinct, with >=, > or an abnormal rise) fires as soon as a window crosses,
+within a bundle of the crossing; the others (sum, mean, <=, <) when the watermark passes the window's end.
+Partials up to `lateness` behind a window's end still count (and may fire it late); later ones are dropped
+and counted. With events in time order both give the same alarms (tested).
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.transforms import window
+import orjson
+from apache_beam.coders import coders
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import userstate, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.counters import reader
@@ -53,6 +62,12 @@ class RuleSpec:
     severity: int = 3
     cooldown_s: int = 0
     samples: int = 3
+    lateness_s: int = 0
+
+    @property
+    def fires_early(self) -> bool:
+        """The value only grows as events arrive and the rule fires on growth: no need to wait for the end."""
+        return self.aggregate in ("count", "distinct") and (self.change_percent is not None or self.op in (">=", ">"))
 
 
 # accumulator: (events, sum of numbers, numbers, distinct values (capped), sample raw lines)
@@ -160,11 +175,12 @@ class _PartialsDoFn(beam.DoFn):
             yield WindowedValue((slot, windows), min(windows) / 1000, [window.GlobalWindow()])
 
 
-def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]]) -> Iterator[dict[str, Any]]:
-    """Alarms of one (rule, key), windows in time order: once per window, then a cooldown."""
+def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
+             last_fired: int | None = None) -> Iterator[dict[str, Any]]:
+    """Alarms of one (rule, key), windows in time order: once per window, then a cooldown (from `last_fired`,
+    the start of a window that fired before these)."""
     size, period, cooldown = rule.size_s * 1000, rule.period_s * 1000, rule.cooldown_s * 1000
     by_start = dict(windows)
-    last_fired: int | None = None
     for start in sorted(by_start):
         acc = by_start[start]
         value = value_of(acc, rule)
@@ -225,6 +241,92 @@ def _alarms(rules: dict[str, RuleSpec], item: tuple[tuple, dict[int, Acc]]) -> I
     yield from evaluate(rule, key, ((s, (*a[:4], a[4][: rule.samples])) for s, a in windows.items()))
 
 
+@dataclass
+class _Book:
+    """What a (rule, key) remembers besides its windows: fired window starts, the last one fired among
+    windows already forgotten (for the cooldown), and how far the watermark is known to have gone."""
+
+    fired: set[int]
+    last_dropped_fire: int | None = None
+    closed: int = -(2**62)
+
+
+_WINDOWS = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("windows", coders.PickleCoder()))
+_BOOK = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("book", coders.PickleCoder()))
+_WAKE_SPEC = userstate.TimerSpec("wake", TimeDomain.WATERMARK)
+_WAKE = beam.DoFn.TimerParam(_WAKE_SPEC)
+
+
+class _LiveAlarmsDoFn(beam.DoFn):
+    """Unbounded: per (rule, key), open windows in state; evaluate on every partial and when the watermark
+    passes a window's end; forget a window once past its end + lateness + one period (the next window's base
+    for an abnormal change)."""
+
+    def __init__(self, rules: list[RuleSpec]) -> None:
+        self._rules = {r.name: r for r in rules}
+        self._late = Metrics.counter("dpipe.alarms", "partials_too_late")
+
+    def process(self, element: tuple[str, tuple[tuple, dict[int, Acc]]], windows=_WINDOWS, book=_BOOK,
+                wake=_WAKE) -> Iterator[dict[str, Any]]:
+        (name, key), parts = element[1]
+        rule = self._rules[name]
+        state: dict[int, Acc] = windows.read() or {}
+        seen: _Book = book.read() or _Book(set())
+        size, lateness = rule.size_s * 1000, rule.lateness_s * 1000
+        for start, part in parts.items():
+            if start + size + lateness <= seen.closed:
+                self._late.inc()
+                continue
+            state[start] = merge(state.get(start, EMPTY), part, rule.samples)
+        yield from self._settle(rule, key, state, seen, windows, book, wake)
+
+    @userstate.on_timer(_WAKE_SPEC)
+    def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam, windows=_WINDOWS, book=_BOOK,
+                wake=_WAKE) -> Iterator[dict[str, Any]]:
+        state: dict[int, Acc] = windows.read() or {}
+        seen: _Book = book.read() or _Book(set())
+        if not state:
+            return
+        rule_name, rule_key = _rule_key(key)
+        rule = self._rules[rule_name]
+        seen.closed = max(seen.closed, fired.micros // 1000)
+        yield from self._settle(rule, rule_key, state, seen, windows, book, wake)
+
+    def _settle(self, rule: RuleSpec, key: tuple, state: dict[int, Acc], seen: _Book, windows, book,
+                wake) -> Iterator[dict[str, Any]]:
+        size, period, lateness = rule.size_s * 1000, rule.period_s * 1000, rule.lateness_s * 1000
+        ready = [(s, state[s]) for s in sorted(state) if rule.fires_early or s + size <= seen.closed]
+        for alarm in evaluate(rule, key, ready, seen.last_dropped_fire):
+            start = alarm["_t"] - size
+            if start not in seen.fired:
+                seen.fired.add(start)
+                yield alarm
+        for start in [s for s in state if s + size + lateness + period <= seen.closed]:
+            del state[start]
+            if start in seen.fired:
+                seen.fired.discard(start)
+                seen.last_dropped_fire = max(start, seen.last_dropped_fire or start)
+        if not state:
+            windows.clear()
+            book.write(_Book(set(), seen.last_dropped_fire, seen.closed))
+            return
+        windows.write(state)
+        book.write(seen)
+        ends = [end for s in state for end in (s + size, s + size + lateness, s + size + lateness + period)]
+        wake.set(Timestamp(micros=min(e for e in ends if e > seen.closed) * 1000))
+
+
+def _rule_key(key: str) -> tuple[str, tuple]:
+    name, _, rest = key.partition("\0")
+    return name, tuple(orjson.loads(rest))
+
+
+def _keyed(item: tuple[tuple, dict[int, Acc]]) -> tuple[str, tuple[tuple, dict[int, Acc]]]:
+    """A text key for keyed state (a tuple key has no deterministic coder)."""
+    (name, key), _ = item
+    return f"{name}\0{orjson.dumps(list(key)).decode()}", item
+
+
 class Alarms(beam.PTransform):
     """EventBatch (a route's) -> alarm documents, for every rule that reads that route."""
 
@@ -234,9 +336,15 @@ class Alarms(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         by_name = {r.name: r for r in self._rules}
+        partials = batches | "Windows" >> beam.ParDo(_PartialsDoFn(self._rules))
+        if batches.is_bounded:
+            return (
+                partials
+                | "PerRuleAndKey" >> beam.CombinePerKey(_MergeFn(self._rules))
+                | "Evaluate" >> beam.FlatMap(functools.partial(_alarms, by_name))
+            )
         return (
-            batches
-            | "Windows" >> beam.ParDo(_PartialsDoFn(self._rules))
-            | "PerRuleAndKey" >> beam.CombinePerKey(_MergeFn(self._rules))
-            | "Evaluate" >> beam.FlatMap(functools.partial(_alarms, by_name))
+            partials
+            | "Key" >> beam.Map(_keyed).with_output_types(tuple[str, Any])
+            | "Live" >> beam.ParDo(_LiveAlarmsDoFn(self._rules))
         )

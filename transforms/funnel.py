@@ -25,13 +25,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import coders
-from apache_beam.transforms import trigger, userstate, window
+from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.behaviour import BehaviourBatch, BehaviourRow, column_name
 from transforms.cardinality import period_start
 from transforms.decorate import fingerprint
+from transforms.panes import DEFAULT_REFRESH_S, running
 
 ORDERS = ("any", "strict")
 Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)
@@ -293,7 +294,7 @@ class FunnelCounts(beam.PTransform):
     `refresh_s` seconds of processing time while rows arrive.
     """
 
-    def __init__(self, spec: FunnelSpec, refresh_s: float = 10.0) -> None:
+    def __init__(self, spec: FunnelSpec, refresh_s: float = DEFAULT_REFRESH_S) -> None:
         super().__init__(f"Funnel[{spec.name}]")
         self._spec, self._refresh = spec, refresh_s
 
@@ -307,12 +308,7 @@ class FunnelCounts(beam.PTransform):
             changes = (
                 by_user
                 | "TrackUsers" >> beam.ParDo(_TrackUsersDoFn(spec))
-                | "Running" >> beam.WindowInto(
-                    window.GlobalWindows(),
-                    trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(self._refresh),
-                                                   late=trigger.AfterCount(1)),
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                )
+                | "Running" >> running(self._refresh)
             )
         return (
             changes

@@ -18,6 +18,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import Event, EventBatch
+from transforms.panes import DEFAULT_REFRESH_S, running
 
 Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
 
@@ -154,20 +155,24 @@ class SketchPerSlot(beam.PTransform):
     """EventBatch -> result(slot, sketch) for every slot that events fall into.
 
     `slots_of` is a factory (called on the worker) of the per-event function giving (slot, value) pairs.
-    A slot's key holds its window or period, so a bounded run needs no windows; the streaming issue adds
-    the triggers that fire slots of an unbounded run.
+    A slot's key holds its window or period, so a bounded run needs no windows; an unbounded one gets running
+    panes (transforms/panes.py): every slot's result so far, again every `refresh_s`.
     """
 
     def __init__(self, label: str, kind: SketchKind, slots_of: Callable[[], SlotsOf],
-                 result: Callable[[Slot, Any, bytes], dict[str, Any]], max_slots: int = 2000) -> None:
+                 result: Callable[[Slot, Any, bytes], dict[str, Any]], max_slots: int = 2000,
+                 refresh_s: float = DEFAULT_REFRESH_S) -> None:
         super().__init__(label)
         self._kind, self._slots_of, self._result, self._max_slots = kind, slots_of, result, max_slots
+        self._refresh = refresh_s
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         kind, result = self._kind, self._result
+        sketches = batches | "Sketch" >> beam.ParDo(_BundleSketchDoFn(kind, self._slots_of, self._max_slots))
+        if not batches.is_bounded:
+            sketches = sketches | "Running" >> running(self._refresh)
         return (
-            batches
-            | "Sketch" >> beam.ParDo(_BundleSketchDoFn(kind, self._slots_of, self._max_slots))
+            sketches
             | "Merge" >> beam.CombinePerKey(_MergeFn(kind))
             | "Result" >> beam.MapTuple(lambda slot, blob: result(slot, kind.deserialize(blob), blob))
         )
