@@ -2,8 +2,9 @@
 
 Each sink writes under a temporary folder first and renames its files into place only after every writer
 has finished (like Beam's FileBasedSink): a reader never sees a half-written file, and files of a bundle
-the runner retried are never published. File names come from the input shard and batch rank, so re-running
-the same backfill into the same output replaces files instead of adding copies.
+the runner retried are never published. An unbounded input never finishes, so there each file is renamed
+into place when its bundle is done (still whole or absent). File names come from the input shard and batch
+rank, so re-running the same backfill into the same output replaces files instead of adding copies.
 """
 
 from __future__ import annotations
@@ -271,12 +272,10 @@ class _WriteShards(beam.PTransform):
         self._writer = writer
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return (
-            pcoll
-            | "WriteTemp" >> beam.ParDo(self._writer)
-            | "AllWritten" >> beam.combiners.ToList()
-            | "Publish" >> beam.FlatMap(_publish)
-        )
+        written = pcoll | "WriteTemp" >> beam.ParDo(self._writer)
+        if not pcoll.is_bounded:  # a stream never ends: each file is published once its bundle is done
+            return written | "Publish" >> beam.Map(lambda f: _publish([f])[0])
+        return written | "AllWritten" >> beam.combiners.ToList() | "Publish" >> beam.FlatMap(_publish)
 
 
 def _batch_stem(batch: EventBatch) -> str:

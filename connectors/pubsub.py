@@ -98,6 +98,10 @@ class PubSubSink:
         with self._lock:
             return self._in_flight >= self._max_in_flight or self._in_flight_bytes >= self._max_in_flight_bytes
 
+    def healthy(self) -> bool:
+        """Open: the client publishes (a failed publish fails its request, not the sink)."""
+        return not self._closed
+
     def stats(self) -> dict[str, float]:
         with self._lock:
             return {"in_flight": self._in_flight, "in_flight_bytes": self._in_flight_bytes,

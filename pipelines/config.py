@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.gateway import GatewaySettings
 from connectors.notify import ConsoleSettings, EmailSettings, Notifiers, WebhookSettings
 from connectors.search import SearchSettings
 from transforms.alarms import RuleSpec
@@ -591,6 +592,7 @@ class JobConfig(_Section):
     alarms: AlarmsConfig | None = None
     behaviour: list[BehaviourConfig] = []
     funnels: list[FunnelConfig] = []
+    gateway: GatewaySettings = GatewaySettings()  # the HTTP gateway of `pipelines.stream` / `pipelines.gateway`
 
     @model_validator(mode="after")
     def _funnels_read_behaviour(self) -> JobConfig:

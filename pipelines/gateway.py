@@ -133,11 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8080; 0: any free port)")
     parser.add_argument("--config", metavar="FILE", help="job YAML; its gateway: section is used")
+    parser.add_argument("--pubsub_topic", metavar="projects/P/topics/T",
+                        help="publish to this Pub/Sub topic (attribute `category`) instead of the spool")
     args = parser.parse_args(argv)
     setup_logging()
+    sink: LineSink | None = None
     try:
         settings = load_settings(args.config, spool=args.spool, host=args.host, port=args.port)
-        if settings.spool is None:
+        if args.pubsub_topic:
+            from connectors.pubsub import PubSubSink
+
+            try:
+                sink = PubSubSink(args.pubsub_topic)
+            except ValueError as err:
+                raise SettingsError(f"--pubsub_topic: {err}") from None
+        elif settings.spool is None:
             raise SettingsError("no spool directory: pass --spool DIR or set gateway.spool in --config")
     except SettingsError as err:
         print(f"dpipe: {err}", file=sys.stderr)
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, stop, ready)
+        await serve(settings, stop, ready, sink)
 
     try:
         asyncio.run(run())
