@@ -1,0 +1,361 @@
+"""ReadFromSpool: the reader unit-tested directly (order, tailing, the .open -> .seg rename, checkpoints, event time,
+finalize), then the whole source on Prism: lines appended while the pipeline runs arrive exactly once, event-time
+windows fire before the stream ends, and finalize deleted what was read but not the open segment."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+from apache_beam.transforms import window
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+
+from connectors import spool_source
+from connectors.archives import STATS
+from connectors.spool import SpoolWriter, list_segments, read_lines, segment_dir
+from connectors.spool_source import ReadFromSpool, SpoolMark, SpoolReader, SpoolSource, event_ms
+from tests.servers.prism import PrismServer
+from transforms.event import LineBatch
+
+NOW_S = int(time.time())
+
+
+def als(ts_s: float, i: int, area: str = "us") -> bytes:
+    return b'%s,%d,{"i":%d}' % (area.encode(), int(ts_s * 1000), i)
+
+
+def write_segment(root: Path, seq: int, category: str, lines: list[bytes], sealed: bool = True) -> Path:
+    """A segment file in the spool's documented format (what the gateway's SpoolWriter writes)."""
+    folder = segment_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{seq:016d}.{category}{'.seg' if sealed else '.open'}"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def spool_lines(root: Path) -> list[tuple[str, int, bytes]]:
+    out = []
+    for segment in list_segments(root):
+        lines, _ = read_lines(segment.path, 0, 1 << 30)
+        out += [(segment.name, offset, line) for offset, line in lines]
+    return out
+
+
+def reader(root: Path, mark: SpoolMark | None = None, **kw: Any) -> SpoolReader:
+    return SpoolSource(str(root), **kw).create_reader(None, mark)
+
+
+def drain(r: SpoolReader, started: bool = True, limit: int | None = None) -> list[LineBatch]:
+    """Batches until the reader has nothing (or `limit` batches)."""
+    out: list[LineBatch] = []
+    while limit is None or len(out) < limit:
+        if not (r.advance() if started else r.start()):
+            break
+        started = True
+        out.append(r.get_current())
+    return out
+
+
+def flat(batches: list[LineBatch]) -> list[tuple[str, int, bytes]]:
+    return [(b.source, o, line) for b in batches for o, line in zip(b.offsets, b.lines, strict=True)]
+
+
+def roundtrip(source: SpoolSource, mark: SpoolMark) -> SpoolMark:
+    coder = source.get_checkpoint_mark_coder()
+    return coder.decode(coder.encode(mark))
+
+
+# ---- the reader ----
+
+
+def test_event_ms_reads_the_second_field_cheaply() -> None:
+    assert event_ms(b"us,1389000000,{}") == 1389000000000
+    assert event_ms(b"us,1389000000123,{}") == 1389000000123
+    assert event_ms(b"us,notatime,{}") is None
+    assert event_ms(b"us,1389000000") is None  # not 3 fields: a dead letter downstream
+    assert event_ms(b"garbage") is None
+
+
+def test_reads_every_line_once_in_seq_order_as_named_batches(tmp_path: Path) -> None:
+    write_segment(tmp_path, 3, "pv", [als(NOW_S, i) for i in range(7)])
+    write_segment(tmp_path, 4, "mongoErr", [als(NOW_S, i, "fr") for i in range(2)])
+    write_segment(tmp_path, 5, "pv", [als(NOW_S, i) for i in range(4)], sealed=False)
+    batches = drain(reader(tmp_path, batch_lines=3), started=False)
+    assert flat(batches) == spool_lines(tmp_path)
+    n = len(als(NOW_S, 0)) + 1  # bytes per line
+    assert [(b.source, b.seq, b.category, len(b.lines)) for b in batches] == [
+        ("0000000000000003.pv", 0, "pv", 3), ("0000000000000003.pv", 3 * n, "pv", 3),
+        ("0000000000000003.pv", 6 * n, "pv", 1),
+        ("0000000000000004.mongoErr", 0, "mongoErr", 2),
+        ("0000000000000005.pv", 0, "pv", 3), ("0000000000000005.pv", 3 * n, "pv", 1),
+    ]
+    assert all(b.shard == b.source and b.seq == b.offsets[0] and b.category_error is None for b in batches)
+
+
+def test_tails_appends_and_follows_the_rename_to_sealed(tmp_path: Path) -> None:
+    path = write_segment(tmp_path, 0, "pv", [als(NOW_S, 0)], sealed=False)
+    r = reader(tmp_path)
+    got = drain(r, started=False)
+    append(path, als(NOW_S, 1) + b"\n" + b"us,%d,{\"i\":2" % (NOW_S * 1000))  # the last line is still partial
+    got += drain(r)
+    assert [line for _, _, line in flat(got)] == [als(NOW_S, 0), als(NOW_S, 1)]
+    append(path, b"}\n")
+    path.rename(path.with_suffix(".seg"))  # sealed while the reader holds the .open path
+    write_segment(tmp_path, 1, "pv", [als(NOW_S, 3)], sealed=False)
+    got += drain(r)
+    assert flat(got) == spool_lines(tmp_path)
+    assert [b.source for b in got][-1] == "0000000000000001.pv"
+
+
+def test_waits_at_an_open_segment_even_when_later_ones_have_data(tmp_path: Path) -> None:
+    first = write_segment(tmp_path, 0, "pv", [als(NOW_S, 0)], sealed=False)
+    write_segment(tmp_path, 1, "mongoErr", [als(NOW_S, 1)])
+    r = reader(tmp_path, poll_interval_s=0.01)
+    assert len(drain(r, started=False)) == 1
+    time.sleep(0.05)
+    assert not r.advance()
+    # blocked, not idle: the watermark must not jump to the wall clock past segment 1's unread lines
+    assert r.get_watermark() == Timestamp(NOW_S - 5)
+    first.rename(first.with_suffix(".seg"))
+    assert [b.source for b in drain(r)] == ["0000000000000001.mongoErr"]
+
+
+def test_a_missing_seq_is_skipped_only_after_the_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_source, "GAP_GRACE_S", 0.2)
+    write_segment(tmp_path, 0, "pv", [als(NOW_S, 0)])
+    write_segment(tmp_path, 2, "pv", [als(NOW_S, 2)])  # seq 1: a crash between taking it and creating it
+    r = reader(tmp_path)
+    assert [b.source for b in drain(r, started=False)] == ["0000000000000000.pv"]
+    assert r.get_checkpoint_mark().seq == 1
+    write_segment(tmp_path, 1, "pv", [als(NOW_S, 1)])  # a listing had missed it: it must still be read
+    assert [b.source for b in drain(r)] == ["0000000000000001.pv", "0000000000000002.pv"]
+    write_segment(tmp_path, 5, "pv", [als(NOW_S, 5)])
+    assert drain(r) == []
+    time.sleep(0.25)
+    assert [b.source for b in drain(r)] == ["0000000000000005.pv"]
+
+
+def test_a_reader_from_a_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+    write_segment(tmp_path, 0, "pv", [als(NOW_S + i, i) for i in range(10)])
+    write_segment(tmp_path, 1, "mongoErr", [als(NOW_S + i, i) for i in range(10, 13)])
+    open_path = write_segment(tmp_path, 2, "pv", [als(NOW_S + i, i) for i in range(13, 18)], sealed=False)
+    source = SpoolSource(str(tmp_path), batch_lines=4)
+    expected = spool_lines(tmp_path)
+    total = len(drain(source.create_reader(None, None), started=False))
+    for cut in range(total + 1):  # every cut point: mid-buffer, at segment ends, at the very end
+        first = source.create_reader(None, None)
+        before = drain(first, started=False, limit=cut)
+        mark = roundtrip(source, first.get_checkpoint_mark())
+        second = source.create_reader(None, mark)
+        after = drain(second, started=False)
+        assert flat(before) + flat(after) == expected, cut
+        assert second.get_watermark() >= first.get_watermark()
+    # a mark taken at the end of the open segment resumes with what is appended and sealed later
+    end = source.create_reader(None, None)
+    drain(end, started=False)
+    mark = roundtrip(source, end.get_checkpoint_mark())
+    append(open_path, als(NOW_S + 18, 18) + b"\n")
+    open_path.rename(open_path.with_suffix(".seg"))
+    assert [line for _, _, line in flat(drain(source.create_reader(None, mark), started=False))] == [
+        als(NOW_S + 18, 18)]
+
+
+def test_finalize_deletes_sealed_segments_before_the_position_never_an_open_one(tmp_path: Path) -> None:
+    paths = [write_segment(tmp_path, 0, "pv", [b"a"]), write_segment(tmp_path, 1, "pv", [b"b"], sealed=False),
+             write_segment(tmp_path, 2, "mongoErr", [b"c"]), write_segment(tmp_path, 3, "pv", [b"d"]),
+             write_segment(tmp_path, 4, "pv", [b"e"], sealed=False)]
+    SpoolMark(str(tmp_path), None, 0, None).finalize_checkpoint()
+    assert all(p.exists() for p in paths)
+    mark = SpoolMark(str(tmp_path), 3, 1, None)
+    mark.finalize_checkpoint()
+    mark.finalize_checkpoint()  # idempotent
+    assert [p.exists() for p in paths] == [False, True, False, True, True]
+    (segment_dir(tmp_path) / "next_seq").write_text("5")
+    SpoolMark(str(tmp_path), 9, 0, None).finalize_checkpoint()  # the spool was reset behind the position
+    assert [p.exists() for p in paths] == [False, True, False, True, True]
+    SpoolMark(str(tmp_path), 5, 0, None).finalize_checkpoint()
+    assert [p.exists() for p in paths] == [False, True, False, False, True]
+    assert (segment_dir(tmp_path) / "next_seq").exists()
+
+
+def test_event_time_batches_never_behind_the_watermark(tmp_path: Path) -> None:
+    base = NOW_S - 100
+    write_segment(tmp_path, 0, "pv", [als(base + 10, 0), als(base + 20, 1), b"us,bad,{}", als(base + 15, 2),
+                                      b"no timestamp", als(base + 3, 3), als(NOW_S + 3600, 4), als(base + 21, 5)])
+    r = reader(tmp_path, batch_lines=2, max_out_of_order_s=5, poll_interval_s=0.05, idle_stop_s=0.3)
+    assert r.get_watermark() == MIN_TIMESTAMP
+    seen = []
+    for k in range(4):
+        assert r.advance() if k else r.start()
+        seen.append((r.get_current_timestamp(), r.get_watermark()))
+    assert seen == [
+        (Timestamp(base + 20), Timestamp(base + 15)),  # max of the batch; watermark = max - 5 s
+        (Timestamp(base + 15), Timestamp(base + 15)),  # "bad" moves nothing
+        (Timestamp(base + 15), Timestamp(base + 15)),  # older than the watermark: stamped at it, not behind
+        (Timestamp(base + 21), Timestamp(base + 16)),  # an hour ahead of the clock: ignored (max_future_s)
+    ]
+    assert not r.advance()
+    assert r.get_watermark() == Timestamp(base + 16)  # not idle yet
+    time.sleep(0.12)
+    assert not r.advance()
+    idle = r.get_watermark()  # idle: the wall clock minus max_out_of_order_s
+    assert Timestamp(time.time() - 6) < idle <= Timestamp(time.time() - 5)
+    time.sleep(0.2)
+    assert not r.advance()
+    assert r.get_watermark() == MAX_TIMESTAMP  # idle_stop_s
+
+
+def test_an_empty_spool_starts_at_the_first_segment_that_appears(tmp_path: Path) -> None:
+    r = reader(tmp_path)
+    assert not r.start()
+    assert r.get_checkpoint_mark().seq is None
+    write_segment(tmp_path, 42, "pv", [als(NOW_S, 0)], sealed=False)
+    assert [b.source for b in drain(r)] == ["0000000000000042.pv"]
+
+
+# ---- on Prism ----
+
+WINDOW = 10
+CATEGORIES = ("pv", "mongoErr")
+
+
+def note(folder: str, name: str, record: dict[str, Any]) -> None:
+    """One file per record: the LOOPBACK workers are threads of this process, and duplicates must show."""
+    record["wall"] = time.time()
+    Path(folder, f"{name}-{uuid.uuid4().hex}.json").write_text(json.dumps(record))
+
+
+def notes(folder: Path, name: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in folder.glob(f"{name}-*.json")]
+
+
+class NoteBatch(beam.DoFn):
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def process(self, b: LineBatch, ts: Any = beam.DoFn.TimestampParam) -> None:
+        note(self.folder, "batch", {"source": b.source, "shard": b.shard, "seq": b.seq, "category": b.category,
+                                    "offsets": b.offsets, "lines": [x.decode() for x in b.lines], "ts": float(ts)})
+
+
+class NoteWindow(beam.DoFn):
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def process(self, kv: tuple[str, int], w: Any = beam.DoFn.WindowParam) -> None:
+        note(self.folder, "window", {"category": kv[0], "start": float(w.start), "count": kv[1]})
+
+
+def per_line(b: LineBatch) -> list[window.TimestampedValue]:
+    out = []
+    for line in b.lines:
+        ms = event_ms(line)
+        if ms is not None:
+            out.append(window.TimestampedValue((b.category, 1), ms / 1000))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prism(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = PrismServer()
+    server.start(tmp_path_factory.mktemp("prism") / "prism.log")
+    yield server
+    server.stop()
+
+
+async def write_spool(root: Path, appends: list[tuple[str, list[bytes]]], pause: float = 0.0,
+                      **kw: Any) -> float:
+    """Append through the gateway's writer (group commit, rolling, sealing on close); when the last line was
+    acknowledged."""
+    writer = SpoolWriter(root, fsync=False, **kw)
+    for category, lines in appends:
+        await writer.append(category, lines)
+        await asyncio.sleep(pause)
+    done = time.time()
+    await writer.close()
+    return done
+
+
+@pytest.mark.integration
+def test_streams_the_spool_on_prism(prism: PrismServer, tmp_path: Path) -> None:
+    spool, out = tmp_path / "spool", tmp_path / "out"
+    out.mkdir()
+    base = (NOW_S // WINDOW + 7) * WINDOW  # ahead of the clock: event time runs 20x faster than the wall
+    # before the pipeline: 2 x 1000 lines in sealed segments over [base - 20 s, base)
+    before = [(CATEGORIES[k % 2], [als(base - 20 + (k * 100 + i) * 0.01, i) for i in range(100)]) for k in range(20)]
+    asyncio.run(write_spool(spool, before, segment_bytes=10_000))
+    first_segments = {s.path for s in list_segments(spool)}
+    assert len(first_segments) > 4
+
+    p = beam.Pipeline(options=PipelineOptions([*prism.options(), "--streaming"]))
+    read = p | ReadFromSpool(str(spool), batch_lines=200, max_out_of_order_s=30, poll_interval_s=0.1,
+                             idle_stop_s=1.5)
+    _ = read.lines | "NoteBatch" >> beam.ParDo(NoteBatch(out))
+    _ = (read.lines
+         | beam.FlatMap(per_line)
+         | beam.WindowInto(window.FixedWindows(WINDOW))
+         | beam.CombinePerKey(sum)
+         | beam.ParDo(NoteWindow(out)))
+    _ = read[STATS] | beam.Map(lambda s: note(str(out), "stats", s))
+    result = p.run()
+    try:
+        deadline = time.monotonic() + 30
+        while not notes(out, "batch") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert notes(out, "batch"), "nothing read within 30 s"
+        # while it runs: 60 appends of 100 lines over 6 s, 2 s of event time each; some with bad timestamps
+        live = [(CATEGORIES[k % 2], [als(base + (k * 100 + i) * 0.02, i) for i in range(100)]
+                 + ([b'us,notatime,{"k":%d}' % k] if k % 10 == 0 else [])) for k in range(60)]
+        live_done = asyncio.run(write_spool(spool, live, pause=0.1, segment_seconds=1.0))
+        deleted_while_running = not first_segments & {s.path for s in list_segments(spool)}
+        # and one segment the gateway left open (no writer: the source ends with it still .open)
+        seq = int((segment_dir(spool) / "next_seq").read_text())
+        open_path = write_segment(spool, seq, "pv", [als(base + 120, i) for i in range(5)], sealed=False)
+        assert result.wait_until_finish(duration=60_000) == PipelineState.DONE
+    finally:
+        if not PipelineState.is_terminal(result.state):
+            result.cancel()
+
+    written = {line.decode(): category for category, lines in [*before, *live] for line in lines}
+    written.update({line.decode(): "pv" for _, line in read_lines(open_path, 0, 1 << 20)[0]})
+    batches = notes(out, "batch")
+    got = [(b["source"], o, line) for b in batches for o, line in zip(b["offsets"], b["lines"], strict=True)]
+    assert len(written) == 2000 + 6000 + 6 + 5  # lines are unique: a repeat or a loss shows below
+    assert Counter(line for _, _, line in got) == Counter(list(written))  # every line exactly once
+    assert all(written[line] == source.split(".")[1] for source, _, line in got)  # in its category's segment
+    for source in {s for s, _, _ in got}:  # offsets: each segment read whole, from 0, line after line
+        lines = sorted((o, line) for s, o, line in got if s == source)
+        assert [o for o, _ in lines] == [0, *accumulate(len(x.encode()) + 1 for _, x in lines[:-1])]
+    assert all(b["category"] == b["source"].split(".")[1] and b["seq"] == b["offsets"][0] for b in batches)
+    for b in batches:  # stamped with the latest event time of its lines (or the watermark, when later)
+        times = [ms for ms in map(event_ms, (x.encode() for x in b["lines"])) if ms is not None]
+        assert not times or round(b["ts"] * 1000) >= max(times)
+    assert sum(s["lines_read"] for s in notes(out, "stats")) == len(written)
+
+    want: Counter[tuple[str, float]] = Counter()
+    for line, category in written.items():
+        ms = event_ms(line.encode())
+        if ms is not None:
+            want[category, float(ms // 1000 // WINDOW * WINDOW)] += 1
+    windows = notes(out, "window")
+    assert len(windows) == len(want)
+    assert {(w["category"], w["start"]): w["count"] for w in windows} == want
+    assert min(w["wall"] for w in windows) < live_done - 2  # windows close while lines still arrive
+
+    assert deleted_while_running  # finalize removed the first, fully read segments during the run
+    assert [s.path for s in list_segments(spool)] == [open_path]  # every sealed one read and deleted, not it
