@@ -108,7 +108,8 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.source == "spool" and not args.no_gateway:
         from pipelines.gateway import GatewayThread
 
-        settings = job.gateway.model_copy(update={"spool": spool, **({"port": args.port} if args.port else {})})
+        port = {"port": args.port} if args.port is not None else {}
+        settings = job.gateway.model_copy(update={"spool": spool, **port})
         gateway = GatewayThread(settings).start()
         print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
     run = graph.RunContext.new(args.output)

@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.servers.pubsub import PubSubServer
+from transforms.category import category_from_path
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,3 +210,34 @@ def test_pubsub_gateway_to_stream(tmp_path: Path, stopped) -> None:
         server.stop()
         for key in server.env():
             os.environ.pop(key, None)
+
+
+def test_the_whole_engine_template_streams(sample, tmp_path: Path, stopped) -> None:
+    """Every branch of the demo job runs unbounded on Prism: every line lands, each analysis writes results."""
+    logs, _ = sample
+    out, log = tmp_path / "out", tmp_path / "stream.log"
+    stream = start(["pipelines.stream", "--output", str(out), "--spool", str(tmp_path / "spool"), "--port", "0",
+                    "--config", str(ROOT / "templates" / "jobs" / "engine.als.yaml")], log)
+    stopped.append(stream)
+    port = wait_for("stream", lambda: (m := re.search(rb"gateway on http://127.0.0.1:(\d+)", log.read_bytes()))
+                    and int(m.group(1)), 60, stream, log)
+    posted = 0
+    for path in sorted(logs.iterdir()):
+        if path.suffix == ".gz":
+            continue
+        body = [line for line in path.read_bytes().split(b"\n") if line]  # the gateway skips empty lines
+        category = category_from_path(str(path))
+        for i in range(0, len(body), 1000):
+            assert post(port, category, body[i:i + 1000]) == 200
+        posted += len(body)
+
+    def landed() -> bool:
+        events = len(archived(out))
+        dead = sum(f.read_bytes().count(b"\n") for f in (out / "deadletter").glob("*.jsonl"))
+        return events + dead == posted
+
+    wait_for("every posted line archived or dead-lettered", landed, 120, stream, log)
+    sinks = ("counters", "cardinality", "stats", "behaviour", "funnels")
+    wait_for("every analysis sink", lambda: all(list((out / s).rglob("part-*")) for s in sinks), 60, stream, log)
+    stream.send_signal(signal.SIGTERM)
+    assert stream.wait(60) == 0, log.read_text()[-3000:]

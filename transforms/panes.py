@@ -6,7 +6,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
 
-DEFAULT_REFRESH_S = 10.0
+DEFAULT_REFRESH_S = 10
 
 
 def running(refresh_s: float = DEFAULT_REFRESH_S) -> beam.WindowInto:
@@ -15,6 +15,7 @@ def running(refresh_s: float = DEFAULT_REFRESH_S) -> beam.WindowInto:
     state of the final pane (without it Prism 2.77 can crash on a processing-time firing, tests/test_prism.py)."""
     return beam.WindowInto(
         window.GlobalWindows(),
-        trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(refresh_s), late=trigger.AfterCount(1)),
+        trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(int(refresh_s)),  # whole seconds
+                                       late=trigger.AfterCount(1)),
         accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
     )
