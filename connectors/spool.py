@@ -122,6 +122,15 @@ def read_lines(path: str | Path, start_offset: int, max_bytes: int) -> tuple[lis
     return out, start_offset + end
 
 
+def spool_lines(spool_dir: str | Path) -> list[tuple[str, int, bytes]]:
+    """Every complete line in the spool as (segment name, offset, line), in seq order: for checks and dumps."""
+    out = []
+    for segment in list_segments(spool_dir):
+        lines, _ = read_lines(segment.path, 0, segment.path.stat().st_size + 1)
+        out += [(segment.name, offset, line) for offset, line in lines]
+    return out
+
+
 def spool_bytes(spool_dir: str | Path) -> int:
     """Bytes on disk in the spool's segments (files deleted meanwhile count as gone)."""
     total = 0

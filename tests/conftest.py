@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.generate import Spec, generate
+from tests.servers.prism import PrismServer
 
 RUNNER = "FnApiRunner"  # pinned: the default DirectRunner would try to download Prism
 PINNED = ["--runner", RUNNER]
@@ -16,6 +18,15 @@ PINNED = ["--runner", RUNNER]
 
 def runner_options(**extra: Any) -> PipelineOptions:
     return PipelineOptions(runner=RUNNER, **extra)
+
+
+@pytest.fixture(scope="module")
+def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrismServer]:
+    """A Prism job server (Beam's Go runner, built by `make tools`) owned by the module's tests."""
+    server = PrismServer()
+    server.start(tmp_path_factory.mktemp("prism") / "prism.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

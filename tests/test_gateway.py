@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from connectors.gateway import GatewaySettings
-from connectors.spool import list_segments, read_lines
+from connectors.spool import list_segments, spool_lines
 from pipelines.gateway import GatewayThread, main
 
 TOKEN_A = "token-of-project-a-0123456789"
@@ -47,14 +47,6 @@ def call(url: str, method: str, path: str, body: Any = None,
 
 def post(url: str, category: str, body: bytes, **headers: str) -> tuple[int, Message, Any]:
     return call(url, "POST", f"/v1/logs/{category}", body, {k.replace("_", "-"): v for k, v in headers.items()})
-
-
-def spool_lines(spool: Path) -> list[tuple[str, int, bytes]]:
-    out = []
-    for segment in list_segments(spool):
-        lines, _ = read_lines(segment.path, 0, 1 << 24)
-        out += [(segment.name, offset, line) for offset, line in lines]
-    return out
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_backfill_from_hdfs_to_hdfs_equals_the_local_run(hdfs: HdfsServer, sampl
     written = [f"{folder}/{name}" for folder, _, files in client.walk("/results/run1") for name in files]
     assert "/results/run1/summary.json" in written and not [p for p in written if ".dpipe-tmp" in p]
     remote_events = []
-    for path in (p for p in written if p.endswith(".parquet")):
+    for path in (p for p in written if p.startswith("/results/run1/events/") and p.endswith(".parquet")):
         with client.read(path) as reader:
             table = pq.read_table(io.BytesIO(reader.read()))
         category = path.split("category=")[1].split("/")[0]

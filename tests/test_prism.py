@@ -172,14 +172,6 @@ def build(p: beam.Pipeline, notes: Path, count: int) -> None:
          | "NoteSliding" >> beam.ParDo(NotePane(notes / "sliding.jsonl")))
 
 
-@pytest.fixture(scope="module")
-def prism(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = PrismServer()
-    server.start(tmp_path_factory.mktemp("prism") / "prism.log")
-    yield server
-    server.stop()
-
-
 def test_windows_fire_while_the_unbounded_source_runs(prism: PrismServer, tmp_path: Path) -> None:
     count = 100  # 10 s of wall time
     p = beam.Pipeline(options=PipelineOptions([*prism.options(), "--streaming"]))

@@ -49,7 +49,9 @@ def test_backfill_from_s3_to_s3_equals_the_local_run(s3: S3Server, sample, tmp_p
     client = s3.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="results")["Contents"]]
     assert "run1/summary.json" in keys and not [k for k in keys if ".dpipe-tmp" in k]  # temp files cleaned
-    parquet = [k for k in keys if k.endswith(".parquet")]
+    for sink in ("behaviour/date=", "funnels/", "alarms/", "stats/", "cardinality/", "counters/", "deadletter/"):
+        assert any(k.startswith(f"run1/{sink}") for k in keys), f"{sink} not written to S3"
+    parquet = [k for k in keys if k.startswith("run1/events/") and k.endswith(".parquet")]
     tables = []
     for key in parquet:  # read back through plain S3 calls: what another tool would see
         body = client.get_object(Bucket="results", Key=key)["Body"].read()

@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 
 from connectors import spool
-from connectors.spool import Segment, SinkError, SpoolWriter, list_segments, read_lines, spool_bytes
+from connectors.spool import Segment, SinkError, SpoolWriter, list_segments, read_lines, spool_bytes, spool_lines
 
 
 def segments_dir(root: Path) -> Path:
     path = root / "segments"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def all_lines(root: Path) -> list[tuple[str, int, bytes]]:
-    """(segment name, offset, line) of every complete line in the spool, in seq order."""
-    out = []
-    for segment in list_segments(root):
-        lines, _ = read_lines(segment.path, 0, 1 << 20)
-        out += [(segment.name, offset, line) for offset, line in lines]
-    return out
 
 
 def batch(tag: str, n: int) -> list[bytes]:
@@ -70,7 +61,7 @@ def test_append_writes_lines_byte_exact_in_order(tmp_path: Path) -> None:
         return stats
 
     stats = asyncio.run(main())
-    assert all_lines(tmp_path) == [
+    assert spool_lines(tmp_path) == [
         ("0000000000000000.pv", 0, b"us,1,{}"),
         ("0000000000000000.pv", 8, b'fr,2,{"a":"\xc3\xa9"}'),
         ("0000000000000000.pv", 24, b"th,4,{}"),
@@ -112,7 +103,7 @@ def test_concurrent_appends_share_fsyncs_and_stay_contiguous(tmp_path: Path) -> 
 
     stats = asyncio.run(main())
     assert stats["fsync_seconds_count"] < 40 / 2  # group commit: many requests per fsync
-    ids = [line.rsplit(b'"', 2)[1].decode() for _, _, line in all_lines(tmp_path)]
+    ids = [line.rsplit(b'"', 2)[1].decode() for _, _, line in spool_lines(tmp_path)]
     assert sorted(ids) == sorted(f"r{r}-{i}" for r in range(40) for i in range(50))
     for start in range(0, len(ids), 50):  # each request's 50 lines are together and in order
         request = ids[start].split("-")[0]
@@ -134,7 +125,7 @@ def test_segments_roll_by_size_without_splitting_a_request(tmp_path: Path) -> No
     sizes = [s.path.stat().st_size for s in segments]
     assert all(size <= 1000 for size in sizes[:-1]) and sizes[-1] > 1000
     per_segment: dict[str, set[str]] = {}
-    for name, _, line in all_lines(tmp_path):
+    for name, _, line in spool_lines(tmp_path):
         per_segment.setdefault(name, set()).add(line.rsplit(b'"', 2)[1].split(b"-")[0].decode())
     requests = [r for names in per_segment.values() for r in names]
     assert len(requests) == len(set(requests)) == 11  # no request spans two segments
@@ -206,7 +197,7 @@ def test_full_when_the_spool_reaches_its_limit_and_not_after_the_reader_deletes(
         await writer.close()
 
     asyncio.run(main())
-    assert [line for _, _, line in all_lines(tmp_path)] == batch("b", 1)
+    assert [line for _, _, line in spool_lines(tmp_path)] == batch("b", 1)
 
 
 def test_a_failed_fsync_stops_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from connectors import spool_source
 from connectors.archives import STATS
-from connectors.spool import SpoolWriter, list_segments, read_lines, segment_dir
+from connectors.spool import SpoolWriter, list_segments, read_lines, segment_dir, spool_lines
 from connectors.spool_source import ReadFromSpool, SpoolMark, SpoolReader, SpoolSource, event_ms
 from tests.servers.prism import PrismServer
 from transforms.event import LineBatch
@@ -46,14 +46,6 @@ def write_segment(root: Path, seq: int, category: str, lines: list[bytes], seale
 def append(path: Path, data: bytes) -> None:
     with path.open("ab") as f:
         f.write(data)
-
-
-def spool_lines(root: Path) -> list[tuple[str, int, bytes]]:
-    out = []
-    for segment in list_segments(root):
-        lines, _ = read_lines(segment.path, 0, 1 << 30)
-        out += [(segment.name, offset, line) for offset, line in lines]
-    return out
 
 
 def reader(root: Path, mark: SpoolMark | None = None, **kw: Any) -> SpoolReader:
@@ -268,14 +260,6 @@ def per_line(b: LineBatch) -> list[window.TimestampedValue]:
         if ms is not None:
             out.append(window.TimestampedValue((b.category, 1), ms / 1000))
     return out
-
-
-@pytest.fixture(scope="module")
-def prism(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = PrismServer()
-    server.start(tmp_path_factory.mktemp("prism") / "prism.log")
-    yield server
-    server.stop()
 
 
 async def write_spool(root: Path, appends: list[tuple[str, list[bytes]]], pause: float = 0.0,

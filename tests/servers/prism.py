@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.servers import jvm
+from tests.servers import free_port, jvm
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".tools" / "bin"
@@ -38,17 +38,11 @@ def prism_options() -> list[str]:
             "--prism_log_level=warn"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PrismServer:
     """A Prism job server in a subprocess: pipelines submit to it with `options()`; `stop()` ends it by PID."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"localhost:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 

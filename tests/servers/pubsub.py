@@ -7,13 +7,12 @@ talk to it over an explicit insecure channel, so they need no environment.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.servers import jvm
+from tests.servers import free_port, jvm
 from tests.servers.prism import BIN
 
 
@@ -24,17 +23,11 @@ def pstest_path() -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PubSubServer:
     """`pstest -port PORT` in a subprocess; `host`, `env()`, topic/subscription/publish/pull helpers."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._clients: tuple[Any, Any] | None = None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -10,22 +9,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.servers import jvm
+from tests.servers import free_port, jvm
 
 ACCESS = ("testing", "testing")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:
     """`moto_server` in a subprocess; `endpoint`, `beam_options()`, `client()`, `make_bucket()`."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
