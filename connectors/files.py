@@ -288,23 +288,34 @@ def _row_stem(row: Any) -> str:
     return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
 
 
-class WriteEventsParquet(_WriteShards):
+class _WriteParquet(_WriteShards):
+    """Batches with a shard and seq -> Parquet files per (batch shard, partition), named after the batch."""
+
+    def __init__(self, sink: str, output: str, temp_dir: str, compression: str, schema: pa.Schema,
+                 split: Callable[[Any], Iterable[tuple[str, Any, pa.Table]]],
+                 counter: Callable[[Any], tuple[Callable[[pa.Table, dict], None], dict[str, Any]]],
+                 sort_by: list[str] | None = None) -> None:
+        codec = None if compression == "none" else compression
+        super().__init__(
+            _ShardedWriteDoFn(
+                sink, output, temp_dir, "parquet",
+                group_of=lambda b: b.shard,
+                stem_of=_batch_stem,
+                split=split,
+                opener=lambda stream, key: _ParquetWriter(stream, schema, codec, *counter(key), sort_by=sort_by),
+            )
+        )
+
+
+class WriteEventsParquet(_WriteParquet):
     """EventBatch -> `events/category=C/date=YYYY-MM-DD/part-*.parquet`; emits the published files."""
 
     def __init__(
         self, output: str, temp_dir: str, compression: str = "zstd", schema: pa.Schema = EVENT_SCHEMA
     ) -> None:
-        codec = None if compression == "none" else compression
-        super().__init__(
-            _ShardedWriteDoFn(
-                "events", output, temp_dir, "parquet",
-                group_of=lambda b: b.shard,
-                stem_of=_batch_stem,
-                split=lambda batch: event_partitions(batch, schema),
-                opener=lambda stream, category: _ParquetWriter(stream, schema, codec,
-                                                               *_event_counter(schema, category)),
-            )
-        )
+        super().__init__("events", output, temp_dir, compression, schema,
+                         split=lambda batch: event_partitions(batch, schema),
+                         counter=lambda category: _event_counter(schema, category))
 
 
 BEHAVIOUR_SCHEMA = pa.schema([("user", pa.string()), ("ts", pa.timestamp("ms", tz="UTC")),
@@ -341,21 +352,13 @@ def _count_behaviour(table: pa.Table, counts: dict[str, Any]) -> None:
     counts["behaviour"] += table.num_rows
 
 
-class WriteBehaviour(_WriteShards):
+class WriteBehaviour(_WriteParquet):
     """BehaviourBatch -> `behaviour/date=YYYY-MM-DD/part-*.parquet`, each file sorted by user and time."""
 
     def __init__(self, output: str, temp_dir: str, schema: pa.Schema, compression: str = "zstd") -> None:
-        codec = None if compression == "none" else compression
-        super().__init__(
-            _ShardedWriteDoFn(
-                "behaviour", output, temp_dir, "parquet",
-                group_of=lambda b: b.shard,
-                stem_of=_batch_stem,
-                split=lambda batch: behaviour_partitions(batch, schema),
-                opener=lambda stream, _: _ParquetWriter(stream, schema, codec, _count_behaviour, {"behaviour": 0},
-                                                        sort_by=["user", "ts"]),
-            )
-        )
+        super().__init__("behaviour", output, temp_dir, compression, schema,
+                         split=lambda batch: behaviour_partitions(batch, schema),
+                         counter=lambda _: (_count_behaviour, {"behaviour": 0}), sort_by=["user", "ts"])
 
 
 class WriteDeadLetters(_WriteShards):
