@@ -300,7 +300,7 @@ class FunnelCounts(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         spec = self._spec
-        by_user = batches | "ByUser" >> beam.FlatMap(_user_rows(spec))
+        by_user = batches | "ByUser" >> beam.FlatMap(_user_rows(spec)).with_output_types(tuple[str, BehaviourRow])
         if by_user.is_bounded:
             changes = (by_user | "GroupUsers" >> beam.GroupByKey()
                        | "Depths" >> beam.FlatMap(_bounded_changes(spec)))
