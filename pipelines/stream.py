@@ -110,7 +110,10 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
 
         port = {"port": args.port} if args.port is not None else {}
         settings = job.gateway.model_copy(update={"spool": spool, **port})
-        gateway = GatewayThread(settings).start()
+        try:
+            gateway = GatewayThread(settings).start()
+        except RuntimeError as err:  # the port is taken, the spool is in use or not writable
+            raise UsageError(str(err)) from None
         print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
     run = graph.RunContext.new(args.output)
     pipeline = beam.Pipeline(options=options)
