@@ -8,11 +8,9 @@ running (they hold its watermark until it ends); Prism can (tests/test_prism.py)
 from __future__ import annotations
 
 import socket
-import subprocess
-import time
 from pathlib import Path
 
-from tests.servers import free_port, jvm
+from tests.servers import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".tools" / "bin"
@@ -38,46 +36,21 @@ def prism_options() -> list[str]:
             "--prism_log_level=warn"]
 
 
-class PrismServer:
+class PrismServer(LocalServer):
     """A Prism job server in a subprocess: pipelines submit to it with `options()`; `stop()` ends it by PID."""
 
+    name = "prism"
+
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.endpoint = f"localhost:{self.port}"
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+    def command(self) -> list[str]:
+        return [str(prism_path()), "--job_port", str(self.port), "--serve_http=false", "--log_level", "warn"]
 
-    def start(self, log: Path, timeout: float = 30) -> None:
-        self._log = log.open("wb")
-        cmd = [str(prism_path()), "--job_port", str(self.port), "--serve_http=false", "--log_level", "warn"]
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=jvm.pdeathsig_preexec())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"prism exited ({self._proc.returncode}): {log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"prism did not listen on {self.endpoint} within {timeout} s")
+    def probe(self) -> None:
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
 
     def options(self) -> list[str]:
         """prism_options() pointed at this server: with --job_endpoint Beam starts no Prism of its own."""
         return [*prism_options(), f"--job_endpoint={self.endpoint}"]
-
-    def stop(self) -> None:
-        jvm.stop_process(self._proc)  # not a JVM, but stopped the same way: by PID
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def __enter__(self) -> PrismServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port, jvm
+from tests.servers import LocalServer, jvm
 from tests.servers.prism import BIN
 
 
@@ -23,21 +23,24 @@ def pstest_path() -> Path:
     return path
 
 
-class PubSubServer:
+class PubSubServer(LocalServer):
     """`pstest -port PORT` in a subprocess; `host`, `env()`, topic/subscription/publish/pull helpers."""
 
+    name = "pstest"
+
     def __init__(self) -> None:
-        self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self._clients: tuple[Any, Any] | None = None
+
+    def command(self) -> list[str]:
+        return [str(pstest_path()), "-port", str(self.port)]
+
+    def probe(self) -> None:
+        self._api()[0].list_topics(project="projects/ready", timeout=2)
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def env(self) -> dict[str, str]:
         """What google-cloud-pubsub (and so Beam's ReadFromPubSub) needs to talk to this server."""
@@ -105,12 +108,4 @@ class PubSubServer:
             for client in self._clients:
                 client.transport.close()
             self._clients = None
-        jvm.stop_process(self._proc)  # not a JVM, but stopped the same way: by PID
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def __enter__(self) -> PubSubServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
