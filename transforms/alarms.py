@@ -329,14 +329,14 @@ class _LiveAlarmsDoFn(beam.DoFn):
         start, acc, closed = element[1]
         rule = self._rules[rule_name]
         book: _Book = state.read() or _Book({}, set(), {})
-        if start + rule.size_s * 1000 + rule.lateness_s * 1000 + rule.period_s * 1000 <= book.horizon:
-            return  # a pane of a window already forgotten (the runner's lateness is wider than the rule's)
-        book.windows[start] = acc
-        if closed:
-            book.closed.add(start)
-            book.horizon = max(book.horizon, start + rule.size_s * 1000)
-        yield from settle(rule, key, book)
-        state.write(book)
+        # a pane of a window already forgotten (the runner's lateness is wider than the rule's) is ignored
+        if start + rule.size_s * 1000 + rule.lateness_s * 1000 + rule.period_s * 1000 > book.horizon:
+            book.windows[start] = acc
+            if closed:
+                book.closed.add(start)
+                book.horizon = max(book.horizon, start + rule.size_s * 1000)
+            yield from settle(rule, key, book)
+            state.write(book)
 
 
 def _rule_key(key: str) -> tuple[str, tuple]:
