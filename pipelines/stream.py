@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from connectors.archives import InputError
 from pipelines import graph
+from pipelines.cluster import check_stream
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.options import UsageError, beam_options, setup_logging
 from transforms.category import camel_case
@@ -104,6 +105,7 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     options = stream_options(beam_args, args.source)
     FileSystems.set_options(options)
     spool = Path(args.spool or job.gateway.spool or Path(args.output).parent / "spool")
+    check_stream(options, args.source, str(spool))
     gateway = None
     if args.source == "spool" and not args.no_gateway:
         from pipelines.gateway import GatewayThread
