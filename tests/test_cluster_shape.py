@@ -107,15 +107,15 @@ def test_backfill_on_external_workers_equals_the_local_run(sample, local_run, cl
 def test_s3_options_reach_the_external_workers(sample, local_run, cluster, pool, s3: S3Server) -> None:
     """The pool's environment has no S3 settings: the workers read and write moto only through the job's."""
     logs, _ = sample
-    s3.make_bucket("archive")
-    s3.make_bucket("results")
-    s3.upload_dir(logs, "archive", "rs")
+    bucket = cluster[0].split("=")[1].lower()  # one per runner: the opt-in Flink case shares this server
+    s3.make_bucket(bucket)
+    s3.upload_dir(logs, bucket, "archive")
     job = load_config(ENGINE)
-    summary = run_backfill(["s3://archive/rs/*"], "s3://results/ext", job, cluster + s3.beam_options())
+    summary = run_backfill([f"s3://{bucket}/archive/*"], f"s3://{bucket}/ext", job, cluster + s3.beam_options())
     local, _ = local_run
     assert {k: summary[k] for k in SAME} == {k: local[k] for k in SAME}
-    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="results", Prefix="ext/")["Contents"]]
-    written = orjson.loads(s3.client().get_object(Bucket="results", Key="ext/summary.json")["Body"].read())
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="ext/")["Contents"]]
+    written = orjson.loads(s3.client().get_object(Bucket=bucket, Key="ext/summary.json")["Body"].read())
     assert written["events"] == local["events"]
     assert sum(k.endswith(".parquet") for k in keys if k.startswith("ext/events/")) == local["files"]["events"]
 
