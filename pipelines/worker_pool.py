@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -74,7 +73,6 @@ def worker_main(argv: list[str] | None = None) -> None:
         "CONTROL_API_SERVICE_DESCRIPTOR": f'url: "{control}"',
         "LOGGING_API_SERVICE_DESCRIPTOR": f'url: "{logging_url}"',
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
-        "SEMI_PERSISTENT_DIRECTORY": tempfile.mkdtemp(prefix=f"dpipe-worker-{args.id}-"),
     }
     if info.status_endpoint.url:
         env["STATUS_API_SERVICE_DESCRIPTOR"] = f'url: "{info.status_endpoint.url}"'

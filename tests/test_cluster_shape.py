@@ -46,7 +46,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerPool,
 
 
 @pytest.fixture(scope="module", params=["prism", pytest.param("flink", marks=ON_FLINK)])
-def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pool) -> Iterator[list[str]]:
+def cluster(request: pytest.FixtureRequest, pool) -> Iterator[list[str]]:
     """Beam options of a runner whose SDK workers are the pool's: Prism here, or the opt-in Flink cluster."""
     server, _ = pool
     if request.param == "flink":
@@ -56,10 +56,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield ["--runner=FlinkRunner", f"--flink_master={FLINK_MASTER}", f"--flink_job_server_jar={FLINK_JAR}",
                f"--flink_version={os.environ.get('DPIPE_FLINK_VERSION', '1.20')}", *environment]
         return
-    prism = PrismServer()
-    prism.start(tmp_path_factory.mktemp("prism") / "prism.log")
+    prism: PrismServer = request.getfixturevalue("prism")  # tests/conftest.py's, owned by this module
     yield prism.options(server.beam_options())
-    prism.stop()
 
 
 @pytest.fixture(scope="module")
