@@ -55,6 +55,8 @@ class FlinkJobOptions(PipelineOptions):
         parser.add_argument("--state_backend_storage_path", default=None)
         parser.add_argument("--max_bundle_size", type=int, default=None)
         parser.add_argument("--max_bundle_time_mills", type=int, default=None)
+        parser.add_argument("--shutdown_sources_after_idle_ms", type=int, default=None,
+                            help="let a stopped source end the job (with checkpoints Beam keeps it alive)")
 
 
 def is_flink(runner: str | None) -> bool:
