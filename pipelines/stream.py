@@ -34,6 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from connectors.archives import InputError
 from pipelines import graph
+from pipelines.cluster import check_stream
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.options import UsageError, beam_options, setup_logging
 from transforms.category import camel_case
@@ -170,6 +171,7 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     gateway = None
     try:
         options = stream_options(beam_args, args.source, prism.endpoint if prism else None)
+        check_stream(options, args.source, str(spool))
         FileSystems.set_options(options)
         if args.source == "spool" and not args.no_gateway:
             gateway = start_gateway(args.config, spool, args.port)
