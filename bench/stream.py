@@ -1,12 +1,19 @@
 """End-to-end stream throughput: POSTed lines -> gateway -> spool -> `pipelines.stream` on Prism -> archive.
 
     python -m bench.stream [--lines 300000] [--config templates/jobs/engine.als.yaml]
+    python -m bench.stream --steady --rate 20000 --seconds 60 [--config templates/jobs/engine.als.yaml] [--search]
 
 A generated archive's lines are POSTed to the stream's in-process gateway (1000-line requests, 8 at a
 time, each file's lines to its category) as fast as it takes them; the clock stops when every line is in
 the archive or the dead letters (Parquet footers and JSON Lines counted). Beside it, the plain-Python
 baseline (`bench.baseline`: the same parse, decorations, analyses and Parquet writes in one loop) over the
 same files, in the same run.
+
+`--steady` (bench/steady.py): live traffic at a fixed rate with error spikes every `--spike_every` seconds;
+reports alarm latency (crossing POST acknowledged -> webhook notification), results delay (wall clock past
+an interval's end + `stream.max_out_of_order`, the watermark's approximation, -> first row after it), the
+spool backlog each second and whether it stays bounded; `--search` adds the maximum sustainable rate of the
+config and of the embedded defaults (doubling, then bisecting; each trial `--trial_seconds`).
 """
 
 from __future__ import annotations
@@ -106,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=300_000)
     parser.add_argument("--config", default=None, help="job YAML (default: embedded defaults)")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--steady", action="store_true", help="fixed-rate live load (bench/steady.py)")
+    parser.add_argument("--rate", type=int, default=20_000, help="--steady: lines/s")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--steady: seconds of load")
+    parser.add_argument("--spike_every", type=float, default=15.0, help="--steady: seconds between spikes")
+    parser.add_argument("--interval", type=int, default=10,
+                        help="--steady: counters' and statistics' interval in seconds (0: the config's)")
+    parser.add_argument("--search", action="store_true", help="--steady: also search the max sustainable rate")
+    parser.add_argument("--trial_seconds", type=float, default=40.0)
+    parser.add_argument("--search_cap", type=int, default=320_000)
     args = parser.parse_args(argv)
+    if args.steady:
+        return steady_main(args)
     with tempfile.TemporaryDirectory(prefix="dpipe-bench-stream-") as tmp:
         work = Path(tmp)
         generate(work / "archive", Spec(lines=args.lines, days=1, users=20_000, seed=5))
@@ -127,6 +145,79 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| plain Python loop, same work from files (baseline) | {plain:.1f} | {total / plain:,.0f} |")
     print(f"| gateway ingest (2xx, fsynced) | {ingested:.1f} | {total / ingested:,.0f} |")
     print(f"| stream end to end: first POST -> last line archived | {done:.1f} | {total / done:,.0f} |")
+    return 0
+
+
+def _ms(values: list[float]) -> str:
+    from bench.steady import percentile
+
+    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+    return "-" if p50 is None else f"{p50:.2f} | {p99:.2f} | {len(values)}"
+
+
+def steady_main(args: argparse.Namespace) -> int:
+    """The steady-load mode: one measured run, the plain loop beside it, optionally the rate search."""
+    from bench import steady
+
+    if args.seconds < 5:
+        raise SystemExit("--seconds must be at least 5")
+    with tempfile.TemporaryDirectory(prefix="dpipe-bench-steady-") as tmp:
+        work = Path(tmp)
+        lines = int(min(max(args.rate * args.seconds, 20_000), 600_000))
+        logs = steady.pool_archive(work, lines)
+        traffic = steady.Traffic(logs)
+        job = load_config(args.config)
+        t0 = time.monotonic()
+        baseline.run([str(p) for p in sorted(logs.iterdir())], str(work / "baseline"), job)
+        plain = lines / (time.monotonic() - t0)
+        webhook = steady.Webhook() if job.alarms else None
+        config = steady.bench_config(args.config, work, webhook.url if webhook else None, args.interval) \
+            if args.config else None
+        trial = steady.run_trial(traffic, args.rate, args.seconds, config,
+                                 args.spike_every if webhook else None, webhook, args.concurrency, settle=10.0)
+        if webhook:
+            webhook.close()
+        ooo = job.stream.max_out_of_order
+        alarm = trial.alarm_latencies()
+        delays = {kind: trial.result_delays(kind, ooo) for kind in ("counters", "stats")}
+        first_card = None if trial.samples.first_card is None else trial.samples.first_card - trial.started
+        backlog = [b for t, b in trial.samples.backlog if t <= trial.ended]
+        print(f"\nsteady load: {args.rate:,} lines/s asked, {trial.achieved:,.0f} sent, {args.seconds:.0f} s, "
+              f"{args.config or 'embedded defaults'}"
+              + (f", counters and statistics every {args.interval} s" if args.interval and args.config else "")
+              + f"; {trial.refused} requests refused\n")
+        print("| measure | p50 s | p99 s | n |\n|---|---:|---:|---:|")
+        print(f"| alarm: crossing POST acked -> webhook ({len(trial.spikes)} spikes) | {_ms(alarm)} |")
+        for kind, values in delays.items():
+            print(f"| {kind}: wall clock past end + {ooo:g} s -> first row after it | {_ms(values)} |")
+        print(f"| cardinality: first POST -> first running row (day periods: no end in the run) | "
+              f"{'-' if first_card is None else f'{first_card:.2f}'} | | |")
+        print("\nspool backlog (MiB, every 5 s): "
+              + " ".join(f"{b / 2**20:.1f}" for b in backlog[::5])
+              + f"; max {max(backlog, default=0) / 2**20:.1f}; {'bounded' if trial.bounded() else 'GROWING'}")
+        print(f"plain Python loop, same work over {lines:,} lines of the same mix: {plain:,.0f} lines/s")
+        print(f"BENCH alarm_latencies={len(alarm)} result_rows={sum(len(v) for v in trial.samples.first_seen.values())}"
+              f" bounded={trial.bounded()}")
+        if args.search:
+            print("\nmaximum sustainable rate (backlog not growing over a trial's second half):", flush=True)
+            rows = []
+            for name, cfg, start in ((args.config or "embedded defaults", config, 10_000),
+                                     ("embedded defaults", None, 40_000)):
+                if cfg is None and rows and rows[0][0] == "embedded defaults":
+                    continue
+                if cfg is not None:
+                    cfg = steady.bench_config(args.config, work, None, 0)  # the template itself, no webhook
+                best, _ = steady.max_sustainable(traffic, cfg, start, args.trial_seconds, args.search_cap)
+                rows.append((name, best))
+            plain_of = {rows[0][0]: plain}
+            if args.config:
+                t0 = time.monotonic()
+                baseline.run([str(p) for p in sorted(logs.iterdir())], str(work / "baseline-defaults"),
+                             load_config(None))
+                plain_of["embedded defaults"] = lines / (time.monotonic() - t0)
+            print("\n| job | max sustainable lines/s | plain loop lines/s (same run) |\n|---|---:|---:|")
+            for name, best in rows:
+                print(f"| {name} | {best:,} | {plain_of[name]:,.0f} |")
     return 0
 
 
