@@ -185,6 +185,7 @@ class Trial:
     started: float = 0.0
     ended: float = 0.0
     bytes_per_line: float = 200.0
+    failed: str | None = None  # the stream's last words when it died during the trial
 
     @property
     def achieved(self) -> float:
@@ -216,7 +217,7 @@ class Trial:
         2 s of input and 16 MiB: sealed segments are deleted whole, so the size saws), nothing refused, and
         the client kept the rate."""
         half = [(t, b) for t, b in self.samples.backlog if t >= (self.started + self.ended) / 2 and t <= self.ended]
-        if len(half) < 3 or self.refused or self.achieved < 0.95 * self.rate:
+        if len(half) < 3 or self.failed or self.refused or self.achieved < 0.95 * self.rate:
             return False
         n = len(half)
         mt, mb = sum(t for t, _ in half) / n, sum(b for _, b in half) / n
@@ -228,9 +229,11 @@ class Trial:
 async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, category: str, body: bytes) -> bool:
     writer.write(b"POST /v1/logs/%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
                  % (category.encode(), len(body), body))
-    status = await reader.readline()
+    status = await asyncio.wait_for(reader.readline(), 60)
     length = 0
     while (line := await reader.readline()) != b"\r\n":
+        if not line:
+            raise ConnectionError("the gateway closed the connection")  # the stream died: the trial fails
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
     await reader.readexactly(length)
@@ -292,10 +295,16 @@ def run_trial(traffic: Traffic, rate: int, seconds: float, config: Path | None, 
             sampler.start()
             if webhook:
                 webhook.alarms.clear()
-            asyncio.run(load(port, traffic, trial, spike_every, concurrency))
+            try:
+                asyncio.run(load(port, traffic, trial, spike_every, concurrency))
+            except (TimeoutError, OSError) as err:
+                trial.ended = time.time()
+                trial.failed = f"load stopped: {err}"
             time.sleep(settle)  # late notifications and rows of the last intervals
-            if proc.poll() is not None:
-                raise RuntimeError(f"the stream ended: {log.read_text()[-2000:]}")
+            if proc.poll() is not None or b"dpipe stream: failed" in log.read_bytes():
+                text = log.read_text(errors="replace")
+                errors = re.findall(r"^\w*Error: .*$", text, re.M)
+                trial.failed = f"the stream failed: {errors[-1] if errors else text[-300:]}"
         finally:
             stop.set()
             proc.send_signal(signal.SIGTERM)
@@ -322,7 +331,7 @@ def wait_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
 
 
 def max_sustainable(traffic: Traffic, config: Path | None, start: int, seconds: float, cap: int,
-                    steps: int = 2) -> tuple[int, list[tuple[int, bool, float]]]:
+                    steps: int = 2, known_bad: int | None = None) -> tuple[int, list[tuple[int, bool, float]]]:
     """Double from `start` while bounded, then bisect `steps` times: (best bounded rate, trials)."""
     trials: list[tuple[int, bool, float]] = []
 
@@ -332,17 +341,19 @@ def max_sustainable(traffic: Traffic, config: Path | None, start: int, seconds: 
         trials.append((rate, good, t.achieved))
         print(f"  trial {rate:,} lines/s for {seconds:.0f} s: achieved {t.achieved:,.0f}, backlog end "
               f"{(t.samples.backlog[-1][1] if t.samples.backlog else 0) / 2**20:.1f} MiB, "
-              f"{'bounded' if good else 'GROWING'}", flush=True)
+              f"{'bounded' if good else 'GROWING'}" + (f" ({t.failed})" if t.failed else ""), flush=True)
         return good
 
-    good, bad = 0, None
+    good, bad = 0, known_bad
     rate = start
-    while rate <= cap:
+    while rate <= cap and (bad is None or rate < bad):
         if ok(rate):
             good, rate = rate, rate * 2
         else:
             bad = rate
             break
+    if good and bad is not None and good >= bad:
+        bad = None
     if bad is not None:
         lo, hi = good, bad
         for _ in range(steps):

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", action="store_true", help="--steady: also search the max sustainable rate")
     parser.add_argument("--trial_seconds", type=float, default=40.0)
     parser.add_argument("--search_cap", type=int, default=320_000)
+    parser.add_argument("--search_start", type=int, nargs=2, default=(10_000, 40_000), metavar=("CONFIG", "DEFAULTS"),
+                        help="first trial rates of the config's and the embedded defaults' searches")
+    parser.add_argument("--search_bad", type=int, nargs=2, default=(0, 0), metavar=("CONFIG", "DEFAULTS"),
+                        help="rates already found unbounded (0: none): the search bisects below them")
+    parser.add_argument("--search_only", action="store_true", help="skip the measured run")
     args = parser.parse_args(argv)
     if args.steady:
         return steady_main(args)
@@ -173,52 +179,70 @@ def steady_main(args: argparse.Namespace) -> int:
         webhook = steady.Webhook() if job.alarms else None
         config = steady.bench_config(args.config, work, webhook.url if webhook else None, args.interval) \
             if args.config else None
-        trial = steady.run_trial(traffic, args.rate, args.seconds, config,
-                                 args.spike_every if webhook else None, webhook, args.concurrency, settle=10.0)
+        if not args.search_only:
+            measured(args, job, traffic, config, webhook, lines, plain)
         if webhook:
             webhook.close()
-        ooo = job.stream.max_out_of_order
-        alarm = trial.alarm_latencies()
-        delays = {kind: trial.result_delays(kind, ooo) for kind in ("counters", "stats")}
-        first_card = None if trial.samples.first_card is None else trial.samples.first_card - trial.started
-        backlog = [b for t, b in trial.samples.backlog if t <= trial.ended]
-        print(f"\nsteady load: {args.rate:,} lines/s asked, {trial.achieved:,.0f} sent, {args.seconds:.0f} s, "
-              f"{args.config or 'embedded defaults'}"
-              + (f", counters and statistics every {args.interval} s" if args.interval and args.config else "")
-              + f"; {trial.refused} requests refused\n")
-        print("| measure | p50 s | p99 s | n |\n|---|---:|---:|---:|")
-        print(f"| alarm: crossing POST acked -> webhook ({len(trial.spikes)} spikes) | {_ms(alarm)} |")
-        for kind, values in delays.items():
-            print(f"| {kind}: wall clock past end + {ooo:g} s -> first row after it | {_ms(values)} |")
-        print(f"| cardinality: first POST -> first running row (day periods: no end in the run) | "
-              f"{'-' if first_card is None else f'{first_card:.2f}'} | | |")
-        print("\nspool backlog (MiB, every 5 s): "
-              + " ".join(f"{b / 2**20:.1f}" for b in backlog[::5])
-              + f"; max {max(backlog, default=0) / 2**20:.1f}; {'bounded' if trial.bounded() else 'GROWING'}")
-        print(f"plain Python loop, same work over {lines:,} lines of the same mix: {plain:,.0f} lines/s")
-        print(f"BENCH alarm_latencies={len(alarm)} result_rows={sum(len(v) for v in trial.samples.first_seen.values())}"
-              f" bounded={trial.bounded()}")
         if args.search:
-            print("\nmaximum sustainable rate (backlog not growing over a trial's second half):", flush=True)
-            rows = []
-            for name, cfg, start in ((args.config or "embedded defaults", config, 10_000),
-                                     ("embedded defaults", None, 40_000)):
-                if cfg is None and rows and rows[0][0] == "embedded defaults":
-                    continue
-                if cfg is not None:
-                    cfg = steady.bench_config(args.config, work, None, 0)  # the template itself, no webhook
-                best, _ = steady.max_sustainable(traffic, cfg, start, args.trial_seconds, args.search_cap)
-                rows.append((name, best))
-            plain_of = {rows[0][0]: plain}
-            if args.config:
-                t0 = time.monotonic()
-                baseline.run([str(p) for p in sorted(logs.iterdir())], str(work / "baseline-defaults"),
-                             load_config(None))
-                plain_of["embedded defaults"] = lines / (time.monotonic() - t0)
-            print("\n| job | max sustainable lines/s | plain loop lines/s (same run) |\n|---|---:|---:|")
-            for name, best in rows:
-                print(f"| {name} | {best:,} | {plain_of[name]:,.0f} |")
+            search(args, work, logs, traffic, lines, plain)
     return 0
+
+
+def measured(args: argparse.Namespace, job: Any, traffic: Any, config: Path | None, webhook: Any, lines: int,
+             plain: float) -> None:
+    """The measured run at --rate: latencies, delays, backlog."""
+    from bench import steady
+
+    trial = steady.run_trial(traffic, args.rate, args.seconds, config,
+                             args.spike_every if webhook else None, webhook, args.concurrency, settle=10.0)
+    ooo = job.stream.max_out_of_order
+    alarm = trial.alarm_latencies()
+    delays = {kind: trial.result_delays(kind, ooo) for kind in ("counters", "stats")}
+    first_card = None if trial.samples.first_card is None else trial.samples.first_card - trial.started
+    backlog = [b for t, b in trial.samples.backlog if t <= trial.ended]
+    print(f"\nsteady load: {args.rate:,} lines/s asked, {trial.achieved:,.0f} sent, {args.seconds:.0f} s, "
+          f"{args.config or 'embedded defaults'}"
+          + (f", counters and statistics every {args.interval} s" if args.interval and args.config else "")
+          + f"; {trial.refused} requests refused\n")
+    print("| measure | p50 s | p99 s | n |\n|---|---:|---:|---:|")
+    print(f"| alarm: crossing POST acked -> webhook ({len(trial.spikes)} spikes) | {_ms(alarm)} |")
+    for kind, values in delays.items():
+        print(f"| {kind}: wall clock past end + {ooo:g} s -> first row after it | {_ms(values)} |")
+    print(f"| cardinality: first POST -> first running row (day periods: no end in the run) | "
+          f"{'-' if first_card is None else f'{first_card:.2f}'} | | |")
+    print("\nspool backlog (MiB, every 5 s): "
+          + " ".join(f"{b / 2**20:.1f}" for b in backlog[::5])
+          + f"; max {max(backlog, default=0) / 2**20:.1f}; {'bounded' if trial.bounded() else 'GROWING'}")
+    print(f"plain Python loop, same work over {lines:,} lines of the same mix: {plain:,.0f} lines/s")
+    print(f"BENCH alarm_latencies={len(alarm)} result_rows={sum(len(v) for v in trial.samples.first_seen.values())}"
+          f" bounded={trial.bounded()}" + (f" FAILED {trial.failed}" if trial.failed else ""))
+
+
+def search(args: argparse.Namespace, work: Path, logs: Path, traffic: Any, lines: int, plain: float) -> None:
+    """The maximum sustainable rates of the config (as given, no webhook) and of the embedded defaults."""
+    from bench import steady
+
+    print("\nmaximum sustainable rate (backlog not growing over a trial's second half):", flush=True)
+    rows = []
+    for name, cfg, start, bad in ((args.config or "embedded defaults", args.config, args.search_start[0],
+                                   args.search_bad[0]),
+                                  ("embedded defaults", None, args.search_start[1], args.search_bad[1])):
+        if cfg is None and rows and rows[0][0] == "embedded defaults":
+            continue
+        if cfg is not None:
+            cfg = steady.bench_config(args.config, work, None, 0)  # the template itself, no webhook
+        best, _ = steady.max_sustainable(traffic, cfg, start, args.trial_seconds, args.search_cap,
+                                         known_bad=bad or None)
+        rows.append((name, best))
+    plain_of = {rows[0][0]: plain}
+    if args.config:
+        t0 = time.monotonic()
+        baseline.run([str(p) for p in sorted(logs.iterdir())], str(work / "baseline-defaults"),
+                     load_config(None))
+        plain_of["embedded defaults"] = lines / (time.monotonic() - t0)
+    print("\n| job | max sustainable lines/s | plain loop lines/s (same run) |\n|---|---:|---:|")
+    for name, best in rows:
+        print(f"| {name} | {best:,} | {plain_of[name]:,.0f} |")
 
 
 if __name__ == "__main__":
