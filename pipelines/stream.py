@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_gateway", action="store_true", help="a gateway runs apart; only read the spool")
     parser.add_argument("--port", type=int, help="the in-process gateway's port (default: the config's, 8080)")
     parser.add_argument("--subscription", metavar="projects/P/subscriptions/S", help="with --source pubsub")
+    parser.add_argument("--dashboard_port", type=int, metavar="N",
+                        help="serve the live dashboard and /healthz, /status, /metrics on this port (0: any)")
     parser.add_argument("--idle_stop", type=float, metavar="S", help="end after S seconds without input (tests)")
     return parser.parse_known_args(argv)
 
@@ -115,10 +117,25 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
         except RuntimeError as err:  # the port is taken, the spool is in use or not writable
             raise UsageError(str(err)) from None
         print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
+    dashboard, status = None, None
+    if args.dashboard_port is not None:
+        from connectors.dashboard import StreamStatus, serve_in_thread
+
+        status = StreamStatus(options.view_as(StandardOptions).runner, args.output,
+                              [{"name": args.source, "path": args.subscription or str(spool)}], gateway)
+        try:
+            dashboard = serve_in_thread(args.output, args.dashboard_port, status)
+        except Exception as err:  # the port is taken, Chart.js is missing (`make setup`)
+            if gateway is not None:
+                gateway.stop()
+            raise UsageError(str(err)) from None
+        print(f"dpipe stream: dashboard on {dashboard.url}", flush=True)
     run = graph.RunContext.new(args.output)
     pipeline = beam.Pipeline(options=options)
     build_stream(pipeline, job, args, spool, run)
     result = pipeline.run()
+    if status is not None:
+        status.result = result
     print(f"dpipe stream: running on {options.view_as(StandardOptions).runner}, output {args.output}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,6 +149,8 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
             result.cancel()
         if gateway is not None:
             gateway.stop()
+        if dashboard is not None:
+            dashboard.stop()
     final = str(result.state)
     print(f"dpipe stream: {final.lower()}", flush=True)
     return 1 if "FAILED" in final else 0

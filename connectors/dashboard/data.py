@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,32 +25,36 @@ Row = dict[str, Any]
 
 
 class _FileCache:
-    """Parsed JSON Lines per file, re-read only when its size or mtime changes (the live page polls)."""
+    """What `parse` makes of a file, redone only when its size or mtime changes (the live page polls)."""
 
-    def __init__(self) -> None:
-        self._rows: dict[Path, tuple[tuple[int, int], list[Row]]] = {}
+    def __init__(self, parse: Callable[[Path], Any]) -> None:
+        self._parse = parse
+        self._done: dict[Path, tuple[tuple[int, int], Any]] = {}
 
-    def rows(self, path: Path, stat: tuple[int, int]) -> list[Row]:
-        cached = self._rows.get(path)
+    def get(self, path: Path) -> Any:
+        st = path.stat()
+        stat = (st.st_size, st.st_mtime_ns)
+        cached = self._done.get(path)
         if cached is None or cached[0] != stat:
-            lines = path.read_bytes().splitlines()
-            cached = (stat, [orjson.loads(line) for line in lines if line.strip()])
-            self._rows[path] = cached
+            cached = (stat, self._parse(path))
+            self._done[path] = cached
         return cached[1]
 
 
-_CACHE = _FileCache()
+def _json_lines(path: Path) -> list[Row]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+_ROWS = _FileCache(_json_lines)
+_PARQUET_ROWS = _FileCache(lambda path: pq.ParquetFile(path).metadata.num_rows)
 
 
 def read_rows(folder: Path) -> list[Row]:
     """Every row of `folder/*.jsonl`, files oldest first (a stream's later panes come later)."""
     if not folder.is_dir():
         return []
-    files = []
-    for path in folder.glob("*.jsonl"):
-        st = path.stat()
-        files.append((st.st_mtime_ns, path.name, path, (st.st_size, st.st_mtime_ns)))
-    return [row for *_, path, stat in sorted(files) for row in _CACHE.rows(path, stat)]
+    files = sorted(folder.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return [row for path in files for row in _ROWS.get(path)]
 
 
 def latest(rows: Iterable[Row]) -> list[Row]:
@@ -251,7 +255,7 @@ def event_counts(events: Path) -> dict[str, int]:
     for path in events.glob("category=*/date=*/*.parquet"):
         category = path.parent.parent.name.removeprefix("category=")
         try:
-            counts[category] += pq.ParquetFile(path).metadata.num_rows
+            counts[category] += _PARQUET_ROWS.get(path)
         except OSError:  # a file being replaced under us: counted on the next poll
             continue
     return dict(counts)
@@ -276,3 +280,25 @@ def load(output: str | Path, status: Row | None = None) -> Row:
     if (out / "issues").is_dir():
         pages["issues"] = issues(results["issues"])
     return {"output": str(out), "generated_ms": int(time.time() * 1000), "status": status, "pages": pages}
+
+
+def outputs_counts(output: str | Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(rows per sink, dead letters per reason) as the files hold them now: the stream's /status."""
+    out = Path(output)
+    dead = read_rows(out / "deadletter")
+    reasons: dict[str, int] = defaultdict(int)
+    for d in dead:
+        reasons[d.get("error") or "unknown"] += 1
+    sinks = {"events": sum(event_counts(out / "events").values()), "deadletter": len(dead)}
+    sinks.update({name: len(latest(read_rows(out / name))) for name in ANALYSES if (out / name).is_dir()})
+    return sinks, dict(reasons)
+
+
+def files_status(output: str | Path) -> Row:
+    """`/status` when only an output folder is served (no stream): what its files hold."""
+    sinks, reasons = outputs_counts(output)
+    done = (Path(output) / "summary.json").is_file()
+    return {"runner": None, "state": "DONE" if done else "FILES", "output": str(output), "inputs": [],
+            "lines_out": sinks["events"] + sinks["deadletter"], "sinks": sinks, "dead_letters": reasons,
+            "problems": [] if Path(output).is_dir() else [f"{output} is not a folder"],
+            "healthy": Path(output).is_dir()}
