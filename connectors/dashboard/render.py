@@ -43,4 +43,4 @@ def write_report(output: str | Path, data: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{REPORT_FILE}.tmp")
     tmp.write_text(render_page(data), encoding="utf-8")
     tmp.replace(path)
-    return path
+    return path.resolve()
