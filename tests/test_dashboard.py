@@ -208,3 +208,26 @@ def test_the_dashboard_command_refuses_a_missing_folder(tmp_path: Path, capsys) 
     assert main(["--output", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err
+
+
+def test_the_grafana_dashboard_queries_metrics_the_admin_api_exposes() -> None:
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "templates" / "grafana"
+    dashboard = orjson.loads((root / "dpipe-stream.json").read_bytes())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    status = {"healthy": True, "state": "RUNNING", "runner": "PrismRunner", "uptime_s": 1, "lines_in": 1,
+              "lines_out": 1, "sinks": {"events": 1}, "dead_letters": {"x": 1},
+              "inputs": [{"name": "spool", "watermark_lag_s": 1, "backlog_bytes": 1}],
+              "beam_counters": {"dpipe.late/alarms": 1}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: status))
+    exposed = {line.split("{")[0].split(" ")[0] for line in generate_latest(registry).decode().splitlines()
+               if line and not line.startswith("#")}
+    used = {name for e in exprs for name in re.findall(r"\b(dpipe_[a-z_]+)\b(?![.+])", e)} - {"dpipe_late_"}
+    assert used and used <= exposed, used - exposed
+    assert any(re.fullmatch(r"dpipe_late_.+_total", name) for name in exposed)
+    scrape = yaml.safe_load((root / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
