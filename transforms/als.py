@@ -152,6 +152,8 @@ class _ParseDoFn(beam.DoFn):
         events, dead = parse_batch(batch, self._bounds)
         self._events.inc(len(events.events))
         self._dead.inc(len(dead))
+        for letter in dead:  # few: a counter per reason is cheap, and what an operator graphs
+            Metrics.counter("dpipe.dead_letters", letter.error).inc()
         if events.events:
             yield events
         for letter in dead:
