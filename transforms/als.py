@@ -1,10 +1,10 @@
 """The ALS line parser: `area,unix_ts,{json}` -> Event, or a DeadLetter with the original's reason.
 
-Rules (DESIGN §4): split on the first two commas; area non-empty; ts an unsigned decimal, milliseconds above
-1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON object (empty = `{}`);
-one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are kept as they are:
-the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced. Optional bounds
-(`max_age`, `max_future`) send out-of-range events to the dead letters instead.
+Rules (docs/architecture.md, "The ALS line"): split on the first two commas; area non-empty; ts an unsigned
+decimal, milliseconds above 1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON
+object (empty = `{}`); one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are
+kept as they are: the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced.
+Optional bounds (`max_age`, `max_future`) send out-of-range events to the dead letters instead.
 """
 
 from __future__ import annotations
