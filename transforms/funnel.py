@@ -30,8 +30,7 @@ from apache_beam.transforms import window
 from transforms.behaviour import BehaviourBatch, BehaviourRow, column_name
 from transforms.cardinality import period_start
 from transforms.decorate import fingerprint
-from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
-from transforms.panes import DEFAULT_REFRESH_S
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
 
 ORDERS = ("any", "strict")
 Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)

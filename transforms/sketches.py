@@ -17,8 +17,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import Event, EventBatch
-from transforms.lateness import Late, SlotWindows, converging, cutoff
-from transforms.panes import DEFAULT_REFRESH_S
+from transforms.lateness import DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
 
 Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
 
