@@ -8,7 +8,7 @@ SAMPLE := data/sample
 CHARTJS_VERSION := 4.6.1
 CHARTJS := connectors/dashboard/static/chart.umd.min.js
 
-.PHONY: setup demo test lint bench clean tools browser
+.PHONY: setup demo test lint bench clean tools browser sdk-image
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "dpipe needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -62,6 +62,16 @@ browser: /usr/bin/chromedriver
 /usr/bin/chromedriver:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium chromium-driver
+
+# The SDK harness image for Flink (templates/flink/sdk.Dockerfile): Beam's Python SDK image of the pinned Beam
+# version with dpipe installed. Where no Docker daemon answers it builds nothing and fails (exit 2) saying so.
+BEAM_VERSION := $(shell sed -n 's/.*"apache-beam\[[^]]*\]==\([^"]*\)".*/\1/p' pyproject.toml)
+SDK_IMAGE ?= dpipe-sdk:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+sdk-image:
+	@docker info >/dev/null 2>&1 || { echo "make sdk-image: no Docker daemon answers here (docker info failed):" \
+		"no image built; run it on a host with Docker (templates/flink/sdk.Dockerfile, runbooks/flink.md)" >&2; exit 2; }
+	docker build -f templates/flink/sdk.Dockerfile --build-arg BEAM_VERSION=$(BEAM_VERSION) -t $(SDK_IMAGE) .
 
 bench: setup
 	$(PY) -m bench.backfill

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from connectors.dashboard import data
 from connectors.dashboard.render import render_page, write_report
 from connectors.dashboard.server import serve_in_thread
-from connectors.dashboard.status import Rate, StatusCollector, metric_name, problems
+from connectors.dashboard.status import Rate, StatusCollector, metric_name, problems, watermarks
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -139,6 +139,15 @@ def test_problems_fail_health_on_a_failed_job_a_dead_writer_or_a_lagging_waterma
     assert problems({"state": "RUNNING", "gateway": {"sink_healthy": False}}, 60) == [
         "the gateway's spool writer died"]
     assert "watermark lags" in problems({"inputs": [{"name": "spool", "watermark_lag_s": 61}]}, 60)[0]
+    idle = {"inputs": [{"name": "spool", "kind": "source", "watermark_lag_s": 1},
+                       {"name": "mongoErr", "kind": "category", "watermark_lag_s": 9999}]}
+    assert problems(idle, 60) == [], "an idle category does not fail health"
+
+
+def test_watermarks_per_input_from_the_sources_gauges() -> None:
+    gauges = {"dpipe.input_watermark_ms/pv": 1000.0, "dpipe.input_watermark_ms/error": 500.0,
+              "dpipe.geoip/db_build_epoch": 1.0}
+    assert watermarks(gauges) == {"pv": 1000.0, "error": 500.0}
 
 
 def test_rate_over_recent_samples() -> None:

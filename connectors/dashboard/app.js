@@ -84,7 +84,7 @@
     const s = data.status;
     const out = [];
     if (s) {
-      const lag = (s.inputs || []).map((i) => i.watermark_lag_s).filter((x) => x !== null && x !== undefined);
+      const lag = (s.inputs || []).filter((i) => i.kind !== "category").map((i) => i.watermark_lag_s).filter((x) => x !== null && x !== undefined);
       out.push(el("h2", {}, "Live"), el("div", { class: "cards" },
         card("state", s.state, "state", !s.healthy),
         card("runner", s.runner, "runner"),

@@ -34,14 +34,14 @@ class Dashboard:
 
     def __init__(self, output: str | Path, status: StatusFn | None = None, every_s: float = REFRESH_S) -> None:
         self.output = str(output)
-        self._status = status or (lambda: files_status(self.output))
+        self.source: StatusFn = status or (lambda: files_status(self.output))
         self.every_s = every_s
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(StatusCollector(self._status))
+        self._registry.register(StatusCollector(self.source))
         chart_library()  # fail at start, not at the first page view, when `make setup` was not run
 
     def status(self) -> Status:
-        return self._status()
+        return self.source()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -103,6 +103,7 @@ class DashboardThread:
 
     def __init__(self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 0) -> None:
         self.dashboard, self.host, self.port = dashboard, host, port
+        self.status = dashboard.source  # e.g. a StreamStatus, whose `result` the stream sets once submitted
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()

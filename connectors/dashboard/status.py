@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 Status = dict[str, Any]
 StatusFn = Callable[[], Status]
 FINISHED_BAD = ("FAILED", "CANCELLED")
 DEFAULT_MAX_LAG_S = 300.0
+WATERMARK_GAUGE = "dpipe.input_watermark_ms"
+GATEWAY_NAMES = {"dpipe_gateway_lines_total": "lines", "dpipe_gateway_bytes_total": "bytes",
+                 "dpipe_gateway_up": "up", "dpipe_sink_spool_bytes": "spool_bytes"}
 RATE_WINDOW_S = 10.0
 
 
@@ -65,11 +70,11 @@ class StreamStatus:
     """`/status` of a running stream: call it for a fresh dict (cheap; the outputs' counts are cached)."""
 
     def __init__(self, runner: str, output: str, inputs: list[dict[str, Any]] | None = None,
-                 gateway: Any = None, max_lag_s: float = DEFAULT_MAX_LAG_S) -> None:
+                 gateway_url: str | None = None, max_lag_s: float = DEFAULT_MAX_LAG_S) -> None:
         self.result: Any = None  # the PipelineResult, once the job is submitted
         self._runner, self._output = runner, output
         self._inputs = inputs or []
-        self._gateway = gateway  # a pipelines.gateway.GatewayThread, or None
+        self._gateway_url = gateway_url  # the stream's gateway (its own process), read through its /metrics
         self._max_lag_s = max_lag_s
         self._started = time.time()
         self._in, self._out = Rate(), Rate()
@@ -83,12 +88,11 @@ class StreamStatus:
         lines_out = sinks.get("events", 0) + sinks.get("deadletter", 0)
         gateway = self._gateway_numbers()
         now = time.time()
-        inputs = []
-        for spec in self._inputs:
-            watermark = next((v for k, v in gauges.items() if "watermark" in k), None)
-            inputs.append({**spec, "watermark_ms": watermark,
-                           "watermark_lag_s": None if watermark is None else max(0.0, now - watermark / 1000),
-                           "backlog_bytes": gateway.get("sink", {}).get("spool_bytes")})
+        # the source's lag is its freshest input's: an idle category holds no watermark back, nor fails health
+        marks = watermarks(gauges)
+        inputs = [{**spec, "kind": "source", **_lag(max(marks.values(), default=None), now),
+                   "backlog_bytes": gateway.get("spool_bytes")} for spec in self._inputs]
+        inputs += [{"name": name, "kind": "category", **_lag(ms, now)} for name, ms in sorted(marks.items())]
         late = {k: v for k, v in counters.items() if "late" in k}
         status: Status = {
             "runner": self._runner, "state": state, "started_ms": int(self._started * 1000),
@@ -104,13 +108,33 @@ class StreamStatus:
         return status
 
     def _gateway_numbers(self) -> dict[str, Any]:
-        server = getattr(self._gateway, "server", None)
-        if server is None:
+        """The gateway's own /metrics: lines and bytes accepted, requests by code, spool bytes, writer up."""
+        if self._gateway_url is None:
             return {}
-        gateway = server.gateway
-        return {"url": self._gateway.url, "lines": gateway.lines, "bytes": gateway.bytes,
-                "requests": {str(code): n for code, n in sorted(gateway.requests.items())},
-                "sink_healthy": server.sink.healthy(), "sink": server.sink.stats()}
+        try:
+            with urllib.request.urlopen(f"{self._gateway_url}/metrics", timeout=2) as answer:
+                text = answer.read().decode()
+        except OSError as err:
+            return {"url": self._gateway_url, "error": str(err)}
+        found: dict[str, Any] = {"url": self._gateway_url, "requests": {}}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "dpipe_gateway_requests_total":
+                    found["requests"][sample.labels.get("code", "")] = sample.value
+                else:
+                    found[GATEWAY_NAMES.get(sample.name, sample.name)] = sample.value
+        found["sink_healthy"] = bool(found.get("up", 1))
+        return found
+
+
+def watermarks(gauges: dict[str, float]) -> dict[str, float]:
+    """Each input's watermark (epoch ms) from the gauges `dpipe.input_watermark_ms/<input>`."""
+    return {key.split("/", 1)[1]: v for key, v in gauges.items() if key.startswith(WATERMARK_GAUGE + "/")}
+
+
+def _lag(watermark_ms: float | None, now: float) -> dict[str, Any]:
+    return {"watermark_ms": watermark_ms,
+            "watermark_lag_s": None if watermark_ms is None else max(0.0, now - watermark_ms / 1000)}
 
 
 def problems(status: Status, max_lag_s: float) -> list[str]:
@@ -121,7 +145,7 @@ def problems(status: Status, max_lag_s: float) -> list[str]:
     if status.get("gateway", {}).get("sink_healthy") is False:
         found.append("the gateway's spool writer died")
     for i in status.get("inputs", []):
-        lag = i.get("watermark_lag_s")
+        lag = i.get("watermark_lag_s") if i.get("kind") != "category" else None
         if lag is not None and lag > max_lag_s:
             found.append(f"{i.get('name', 'input')} watermark lags {lag:,.0f} s (more than {max_lag_s:,.0f} s)")
     return found
