@@ -214,7 +214,17 @@ def test_the_live_stream_dashboard_updates_after_lines_are_posted(browser, tmp_p
             status = orjson.loads(answer.read())
         assert status["state"] == "RUNNING" and status["lines_in"] == 153 and status["healthy"]
         assert status["sinks"]["events"] == 150 and status["dead_letters"] == {"not 3 fields": 3}
-        with urllib.request.urlopen(url + "metrics", timeout=10) as answer:
-            metrics = answer.read().decode()
+        # Beam's own counters and the source's watermark gauges, read from the runner while the job runs
+        metrics = WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda _: scraped(
+            url, "dpipe_parse_events_total 150.0", "dpipe_input_watermark_ms_pv "))
         assert 'dpipe_sink_rows_total{sink="events"} 150.0' in metrics
         assert 'dpipe_job_state{runner="PrismRunner",state="RUNNING"} 1.0' in metrics
+        assert 'dpipe_watermark_lag_seconds{input="spool"}' in metrics
+        WebDriverWait(browser, 30).until(lambda d: card(d, "watermark_lag") not in ("n/a", None))
+
+
+def scraped(url: str, *lines: str) -> str | None:
+    """The dashboard's /metrics once it has every one of `lines`."""
+    with urllib.request.urlopen(url + "metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return text if all(line in text for line in lines) else None

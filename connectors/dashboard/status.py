@@ -33,6 +33,8 @@ def beam_metrics(result: Any) -> tuple[dict[str, float], dict[str, float]]:
     """(counters, gauges) of the `dpipe.*` namespaces as {"namespace/name": value}, summed over steps."""
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
+    if hasattr(result, "_metrics"):
+        result._metrics = None  # the portable runner keeps its first answer forever: ask the job service again
     try:
         found = result.metrics().query()
     except Exception:  # a runner that cannot answer while the job runs, or a job server gone away
