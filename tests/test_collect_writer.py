@@ -5,7 +5,7 @@ ids to log files through an open descriptor, as a logging library does, and rota
 list of steps:
 
     {"op": "write", "path": P, "tag": T, "lines": N}      append lines T-0 .. T-(N-1) (ids continue per tag),
-                                                          at most "rate" lines per second if given
+                                                          at most "rate" lines per second, "area" (us)
     {"op": "rotate", "path": P, "to": Q, "late": K}       rename P to Q, K more lines to the old descriptor (an
                                                           application that has not reopened yet), then reopen P
     {"op": "copytruncate", "path": P, "to": Q}            copy P to Q, truncate P to 0 (logrotate copytruncate)
@@ -36,9 +36,10 @@ import orjson
 PAD = "x" * 150
 
 
-def line(tag: str, n: int) -> bytes:
-    """About 200 bytes: `us,<ms>,{"id":"tag-n","pad":...}`."""
-    return b'us,%d,{"id":"%s-%d","pad":"%s"}\n' % (int(time.time() * 1000), tag.encode(), n, PAD.encode())
+def line(tag: str, n: int, area: str = "us") -> bytes:
+    """About 200 bytes: `us,<ms now>,{"id":"tag-n","pad":...}`."""
+    return b'%s,%d,{"id":"%s-%d","pad":"%s"}\n' % (area.encode(), int(time.time() * 1000), tag.encode(), n,
+                                                     PAD.encode())
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -72,10 +73,10 @@ def run(plan: list[dict[str, Any]]) -> None:
             fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return fds[path]
 
-    def write(fd: int, tag: str, n: int, rate: float | None = None) -> None:
+    def write(fd: int, tag: str, n: int, rate: float | None = None, area: str = "us") -> None:
         started = time.monotonic()
         for start in range(0, n, 100):  # like an application: many small appends
-            os.write(fd, b"".join(line(tag, counts[tag] + i) for i in range(min(100, n - start))))
+            os.write(fd, b"".join(line(tag, counts[tag] + i, area) for i in range(min(100, n - start))))
             counts[tag] += min(100, n - start)
             if rate:
                 time.sleep(max(0.0, started + (start + 100) / rate - time.monotonic()))  # pacing the load
@@ -83,7 +84,7 @@ def run(plan: list[dict[str, Any]]) -> None:
     for step in steps:
         op = step["op"]
         if op == "write":
-            write(fd_of(step["path"]), step["tag"], step["lines"], step.get("rate"))
+            write(fd_of(step["path"]), step["tag"], step["lines"], step.get("rate"), step.get("area", "us"))
         elif op == "rotate":
             old = fd_of(step["path"])
             os.rename(step["path"], step["to"])
