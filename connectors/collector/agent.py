@@ -59,6 +59,7 @@ class Collector:
         self._first_start = True
         self._unknown: set[str] = set()
         self._stop = asyncio.Event()
+        self._room = asyncio.Event()  # set when an acknowledgement frees buffer space
         self._reading = True
 
     # ---- lifecycle ----
@@ -239,7 +240,13 @@ class Collector:
                     progressed = True
             self.batcher.seal_due(now)
             self._release(now)
-            await asyncio.sleep(0 if progressed else tail.poll_interval)
+            if self.batcher.buffered >= buffer_bytes:  # the files are the buffer: wait for acknowledgements
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(tail.poll_interval):
+                        await self._room.wait()
+            else:
+                await asyncio.sleep(0 if progressed else tail.poll_interval)
 
     def _release(self, now: float) -> None:
         """Close rotated-away or deleted files read to their end, all acknowledged, quiet for rotate_wait."""
@@ -270,6 +277,7 @@ class Collector:
                 self.in_flight -= 1
             self.metrics.inc("lines_acked_total", batch.lines, source=self.labels[batch.source])
             self.batcher.acknowledge(batch)
+            self._room.set()
             self.store.request()
 
     def snapshot(self) -> list[dict[str, Any]]:
