@@ -74,12 +74,19 @@ class SourceConfig(_Section):
     ignore: list[str] = []
     format: Literal["als", "raw"] = "als"
     area: str | None = Field(default=None, pattern=r"^[^,\s]+$")
-    time: Literal["now"] | TimeConfig = "now"
+    time: TimeConfig | None = None  # `now` (or nothing): the time the line is read
 
     @field_validator("paths", "exclude", mode="before")
     @classmethod
     def _listed(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _now(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "now":
+            raise ValueError("expected now, or {pattern, format, timezone} to parse the time from the line")
+        return None if value == "now" else value
 
     @field_validator("category")
     @classmethod
@@ -104,7 +111,7 @@ class SourceConfig(_Section):
     def _raw_needs_area(self) -> SourceConfig:
         if self.format == "raw" and self.area is None:
             raise ValueError("format raw needs an area: the first field of the ALS lines it makes")
-        if self.format == "als" and (self.area is not None or self.time != "now"):
+        if self.format == "als" and (self.area is not None or self.time is not None):
             raise ValueError("area and time are for format raw; ALS lines carry their own")
         return self
 

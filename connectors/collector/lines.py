@@ -65,7 +65,7 @@ class LineRules:
         raw = None
         if source.format == "raw":
             assert source.area is not None
-            raw = RawFormat(source.area.encode(), host, None if source.time == "now" else source.time)
+            raw = RawFormat(source.area.encode(), host, source.time)
         return cls(max_line_bytes, prefixes, regexes, raw)
 
     @property
