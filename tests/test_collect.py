@@ -29,6 +29,7 @@ import yaml
 from connectors.spool import list_segments, read_lines, spool_lines
 from tests.servers import LocalServer, free_port
 from tests.test_collect_writer import metrics, total
+from tests.test_stream import JOB as STREAM_JOB
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,6 +329,24 @@ def test_new_file_is_picked_up_and_a_deleted_file_is_read_then_released(rig: Rig
     assert_exactly_once(rig.spool, written)
 
 
+def test_a_file_rotated_while_the_collector_was_stopped_is_read_to_its_end(rig: Rig) -> None:
+    gateway = rig.gateway()
+    config = rig.config(gateway, [{"name": "app", "paths": [str(rig.logs / "*.0.log")]}])
+    collector = rig.start_collector(config)
+    live = str(rig.logs / "pv.0.log")
+    first = rig.written(rig.write({"op": "write", "path": live, "tag": "before", "lines": 3000}))
+    rig.caught_up(3000)
+    assert collector.terminate() == 0
+    later = rig.written(rig.write({"op": "write", "path": live, "tag": "while", "lines": 2000},
+                                  {"op": "rotate", "path": live, "to": str(rig.logs / "pv_20140117230103_1")},
+                                  {"op": "write", "path": live, "tag": "after", "lines": 1000}))
+    collector = rig.start_collector(config)
+    rig.caught_up(3000)
+    assert "pv_20140117230103_1" in rig.collector_log.read_text()  # found by its inode, outside the glob
+    assert collector.terminate() == 0
+    assert_exactly_once(rig.spool, {**first, **later})
+
+
 def test_kill_9_mid_stream_then_restart_repeats_only_the_counted_replays(rig: Rig) -> None:
     gateway = rig.gateway()
     config = rig.config(gateway, batch={"lines": 500, "max_in_flight": 4})
@@ -408,21 +427,26 @@ def test_429_storm_from_a_small_spool_until_a_consumer_frees_space(rig: Rig) -> 
 
 
 def test_failover_raw_lines_long_lines_and_partial_lines(rig: Rig, tmp_path: Path) -> None:
-    """The first gateway URL has nobody listening: batches go to the second. A raw application log is
+    """The first gateway URL has nobody listening: batches go to the second (which wants a bearer token; the
+    bodies are gzipped). A raw application log is
     wrapped as ALS with its parsed time; a long line goes cut to the dead-letter category; a last line
     without newline is sent after partial_line_timeout."""
-    gateway = rig.gateway()
+    token = "collector-token-0123456789"
+    gateway = rig.gateway(tokens=[{"project": "servers", "token": token, "categories": ["appLog", "collector*"]}])
+    (rig.tmp / "token").write_text(token + "\n")
     dead = f"http://127.0.0.1:{free_port()}"
     app = rig.logs / "app.log"
     config = rig.config(dead, [{"name": "raw", "paths": [str(app)], "format": "raw", "category": "appLog",
                                 "area": "fr", "ignore": ["DEBUG", "re:^\\S+ \\S+ TRACE"],
                                 "time": {"pattern": r"^(\S+ \S+)", "format": "%Y-%m-%d %H:%M:%S"}}],
-                        gateways={"urls": [dead, gateway.url]}, tail={"partial_line_timeout": "300ms"})
+                        gateways={"urls": [dead, gateway.url], "token_file": str(rig.tmp / "token"), "gzip": True},
+                        tail={"partial_line_timeout": "300ms"})
     app.write_bytes(b"2014-01-18 14:05:00 ERROR mysql gone away\nDEBUG noise\n2014-01-18 14:05:01 TRACE x\n"
                     b"no time here\n" + b"L" * 70_000 + b"\n2014-01-18 14:05:02 INFO half")
     collector = rig.start_collector(config)
     wait_for("every line sent", lambda: collector.total("lines_acked_total") >= 4)
     assert collector.total("failovers_total") >= 1
+    assert not [k for k in collector.metrics() if k.startswith('dpipe_collector_responses_total{code="4')]
     values = collector.metrics()
     assert values['dpipe_collector_lines_skipped_total{reason="ignored",source="raw"}'] == 2
     assert values['dpipe_collector_lines_cut_total{source="raw"}'] == 1
@@ -462,21 +486,10 @@ def test_sigusr1_logs_the_status_line_and_a_bad_config_is_one_line_per_mistake(r
     assert f"{bad}: batch.bytes: expected a positive size such as 64MiB" in result.stderr
 
 
-STREAM_JOB = """
-routes:
-  - {name: errors, match: {category: error}}
-alarms:
-  rules:
-    - {name: spike, route: errors, group_by: [area], window: {size: 10s, period: 5s},
-       condition: {threshold: 300}, severity: 4, cooldown: 1m}
-  console: {colour: false}
-"""
-
-
 def test_end_to_end_an_error_spike_in_a_log_file_raises_its_alarm_in_pipelines_stream(rig: Rig) -> None:
     """A server's log files -> the collector -> the gateway -> the spool -> `pipelines.stream` on Prism."""
     job, out = rig.tmp / "job.yaml", rig.tmp / "out"
-    job.write_text(STREAM_JOB)
+    job.write_text(STREAM_JOB)  # the alarm job of tests/test_stream.py: >= 300 errors of an area in 10 s
     stream_log = rig.tmp / "stream.log"
     stream = subprocess.Popen([sys.executable, "-m", "pipelines.stream", "--no_gateway", "--spool", str(rig.spool),
                                "--output", str(out), "--config", str(job), "--idle_stop", "60"],

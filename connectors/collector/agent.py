@@ -182,6 +182,8 @@ class Collector:
             path = find_inode(entry["path"], dev, ino)
             index = self.labels.index(entry["source"]) if entry["source"] in self.labels else None
             if path is not None and index is not None:
+                log.info("collector: %s was rotated to %s while the collector was stopped; reading it to its end",
+                         entry["path"], path)
                 self._track(index, path, now, gone=True)
             if (dev, ino) in self._restored:
                 self._restored.pop((dev, ino))
