@@ -165,6 +165,9 @@ class TailedFile:
             if self.stat().st_size < self.pos:
                 self.reset(f"shrank from {self.pos} to {self.size} bytes (truncated)")
                 return self.read(*again)
+            if self.long is not None and flush_partial:  # a file released while in a long line without end
+                long, self.long = self.long, None
+                return Block(long.start, self.pos, long=long)
             return None
         if self.fp is not None and not self.fp.matches(self.fd):
             self.reset("starts with other bytes (truncated and rewritten)")
