@@ -389,7 +389,7 @@ def test_gateway_down_then_up_keeps_memory_bounded_and_loses_nothing(rig: Rig) -
     assert collector.total("lines_acked_total") == 2000
     rig.gateway(port=gateway.port)  # up again on the same port
     rig.caught_up(12_000)
-    assert collector.total("responses_total") > collector.total("lines_acked_total") / 2000  # the errors counted
+    assert collector.metrics()['dpipe_collector_responses_total{code="0"}'] >= 10  # connection errors, counted
     assert collector.terminate() == 0
     assert_exactly_once(rig.spool, {**first, **down})
 
