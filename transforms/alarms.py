@@ -28,7 +28,6 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.coders import coders
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
@@ -37,6 +36,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.counters import reader
 from transforms.decorate import fingerprint
 from transforms.event import MISSING, Event, EventBatch, decode_raw
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late
 from transforms.route import Matcher
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -62,7 +62,7 @@ class RuleSpec:
     severity: int = 3
     cooldown_s: int = 0
     samples: int = 3
-    lateness_s: int = 0
+    lateness_s: int = DEFAULT_ALLOWED_LATENESS_S
 
     @property
     def fires_early(self) -> bool:
@@ -269,7 +269,7 @@ class _Book:
     """What a (rule, key) remembers besides its windows: fired window starts, the last one fired among
     windows already forgotten (for the cooldown), and how far the watermark is known to have gone."""
 
-    fired: set[int]
+    fired: dict[int, tuple[int, float]]  # window start -> (revision, value) last emitted
     last_dropped_fire: int | None = None
     closed: int = -(2**62)
 
@@ -287,18 +287,24 @@ class _LiveAlarmsDoFn(beam.DoFn):
 
     def __init__(self, rules: list[RuleSpec]) -> None:
         self._rules = {r.name: r for r in rules}
-        self._late = Metrics.counter("dpipe.alarms", "partials_too_late")
+
+    def setup(self) -> None:
+        self._late = {name: Late(f"alarms/{name}") for name in self._rules}
+
+    def finish_bundle(self) -> None:
+        for late in self._late.values():
+            late.flush()
 
     def process(self, element: tuple[str, tuple[tuple, dict[int, Acc]]], windows=_WINDOWS, book=_BOOK,
                 wake=_WAKE) -> Iterator[dict[str, Any]]:
         (name, key), parts = element[1]
         rule = self._rules[name]
         state: dict[int, Acc] = windows.read() or {}
-        seen: _Book = book.read() or _Book(set())
+        seen: _Book = book.read() or _Book({})
         size, lateness = rule.size_s * 1000, rule.lateness_s * 1000
         for start, part in parts.items():
             if start + size + lateness <= seen.closed:
-                self._late.inc()
+                self._late[name].add(part[0])
                 continue
             state[start] = merge(state.get(start, EMPTY), part, rule.samples)
         yield from self._settle(rule, key, state, seen, windows, book, wake)
@@ -307,7 +313,7 @@ class _LiveAlarmsDoFn(beam.DoFn):
     def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam, windows=_WINDOWS, book=_BOOK,
                 wake=_WAKE) -> Iterator[dict[str, Any]]:
         state: dict[int, Acc] = windows.read() or {}
-        seen: _Book = book.read() or _Book(set())
+        seen: _Book = book.read() or _Book({})
         if not state:
             return
         rule_name, rule_key = _rule_key(key)
@@ -321,17 +327,20 @@ class _LiveAlarmsDoFn(beam.DoFn):
         ready = [(s, state[s]) for s in sorted(state) if rule.fires_early or s + size <= seen.closed]
         for alarm in evaluate(rule, key, ready, seen.last_dropped_fire):
             start = alarm["_t"] - size
-            if start not in seen.fired:
-                seen.fired.add(start)
-                yield alarm
+            before = seen.fired.get(start)
+            revise = before is not None and before[1] != alarm["value"] and start + size <= seen.closed
+            if before is None or revise:  # corrections once the window has closed, not every bundle before
+                revision = 0 if before is None else before[0] + 1
+                seen.fired[start] = (revision, alarm["value"])
+                yield {**alarm, "revision": revision}  # a later revision corrects the row; Notify skips it
         for start in [s for s in state if s + size + lateness + period <= seen.closed]:
             del state[start]
             if start in seen.fired:
-                seen.fired.discard(start)
+                del seen.fired[start]
                 seen.last_dropped_fire = max(start, seen.last_dropped_fire or start)
         if not state:
             windows.clear()
-            book.write(_Book(set(), seen.last_dropped_fire, seen.closed))
+            book.write(_Book({}, seen.last_dropped_fire, seen.closed))
             return
         windows.write(state)
         book.write(seen)

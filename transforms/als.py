@@ -119,7 +119,7 @@ def _dead(
 
 def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[EventBatch, list[DeadLetter]]:
     """Parse every line of a batch: each line becomes exactly one event or one dead letter."""
-    out = EventBatch(batch.source, batch.shard, batch.seq)
+    out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
     dead: list[DeadLetter] = []
     source = batch.source
     if batch.category is None:
