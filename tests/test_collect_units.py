@@ -112,13 +112,35 @@ def test_batches_are_acknowledged_in_file_order_and_keys_name_the_bytes(tmp_path
         f.close()
 
 
-def test_a_restart_replays_the_sent_ranges_with_the_same_keys(tmp_path: Path) -> None:
+def collector_on(tmp_path: Path) -> tuple[Path, CollectorConfig]:
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "pv.0.log").write_bytes(b"a,1,{}\n" * 10)
-    config = CollectorConfig(sources=[SourceConfig(name="s", paths=[str(logs / "*.log")])],
-                             gateways=GatewayTarget(urls=["http://127.0.0.1:1"]),
-                             checkpoints={"path": tmp_path / "cp.json"}, metrics=None)  # type: ignore[arg-type]
+    return logs, CollectorConfig(sources=[SourceConfig(name="s", paths=[str(logs / "*.log")])],
+                                 gateways=GatewayTarget(urls=["http://127.0.0.1:1"]),
+                                 checkpoints={"path": tmp_path / "cp.json"}, metrics=None)  # type: ignore[arg-type]
+
+
+def test_an_inode_reused_by_another_file_does_not_inherit_its_position(tmp_path: Path) -> None:
+    logs, config = collector_on(tmp_path)
+
+    async def position() -> tuple[int, int]:
+        collector = Collector(config)
+        st = os.stat(logs / "pv.0.log")  # the checkpoint's file had this inode, and another first line
+        collector._restored = {(st.st_dev, st.st_ino): {"dev": st.st_dev, "ino": st.st_ino, "length": 7,
+                                                        "crc": 12345, "path": "x", "source": "s", "offset": 63,
+                                                        "sent": []}}
+        collector._first_start = False
+        collector.discover(0.0)
+        (f,) = collector.files.values()
+        f.close()
+        return f.pos, f.acked
+
+    assert asyncio.run(position()) == (0, 0)
+
+
+def test_a_restart_replays_the_sent_ranges_with_the_same_keys(tmp_path: Path) -> None:
+    logs, config = collector_on(tmp_path)
 
     async def replayed() -> list[Batch]:
         collector = Collector(config)
