@@ -228,6 +228,10 @@ def test_the_idempotency_key_is_sent_and_stays_the_same_across_retries(tmp_path:
      "gateways: {urls: [http://a:1]}\ncheckpoints: {path: x}\n",
      "sources.0.time.pattern: the pattern needs a group around the time"),
     ("sources: [{paths: x}]\ngateways: {urls: [http://a:1]}\n", "checkpoints: Field required"),
+    ("sources: [{paths: x}, {paths: x}]\ngateways: {urls: [http://a:1]}\ncheckpoints: {path: x}\n",
+     "sources: two sources have the same name"),
+    ("sources: [{paths: x}]\ngateways: {urls: [http://a:1]}\ncheckpoints: {path: x}\nbatch: {bytes: 1KiB}\n",
+     "tail: max_line_bytes (262144) must be below batch.bytes (1024)"),
     ("sources: [{paths: x}\n", ":2:1: invalid YAML"),
 ])
 def test_config_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:

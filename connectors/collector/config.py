@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from connectors.spool import CATEGORY
 from pipelines.validation import ConfigError, Duration, Size, explain, read_yaml
@@ -203,19 +203,26 @@ class CollectorConfig(_Section):
     gateways: GatewayTarget
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
-    tail: TailConfig = TailConfig()
+    tail: TailConfig = Field(default=TailConfig(), validate_default=True)
     checkpoints: CheckpointConfig
     metrics: MetricsConfig | None = MetricsConfig()
     shutdown_timeout: Duration = 10.0
 
-    @model_validator(mode="after")
-    def _fits(self) -> CollectorConfig:
-        labels = [s.label for s in self.sources]
+    @field_validator("sources")
+    @classmethod
+    def _distinct(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        labels = [s.label for s in sources]
         if len(set(labels)) != len(labels):
             raise ValueError("two sources have the same name (or paths): give each a distinct name")
-        if self.tail.max_line_bytes >= self.batch.bytes:
-            raise ValueError("tail.max_line_bytes must be below batch.bytes")
-        return self
+        return sources
+
+    @field_validator("tail")
+    @classmethod
+    def _line_fits_batch(cls, tail: TailConfig, info: ValidationInfo) -> TailConfig:
+        batch = info.data.get("batch")
+        if batch is not None and tail.max_line_bytes >= batch.bytes:
+            raise ValueError(f"max_line_bytes ({tail.max_line_bytes}) must be below batch.bytes ({batch.bytes})")
+        return tail
 
 
 _PATTERNS = {
