@@ -35,11 +35,15 @@ Step = tuple[str, Any]  # ("events", [Event...]) | ("watermark", second)
 
 def run_stream(rules: list[RuleSpec], steps: list[Step], check: Callable[[list[dict]], None]) -> None:
     stream = TestStream()
+    watermark_ms = None  # what the spool source stamps on a batch: the watermark it was read under
     for i, (kind, what) in enumerate(steps):
         if kind == "events":
-            stream.add_elements([window.TimestampedValue(EventBatch("s", "s", i, what), what[0].ts / S)])
+            batch = EventBatch("s", "s", i, what, watermark_ms=watermark_ms)
+            stream.add_elements([window.TimestampedValue(batch, what[0].ts / S)])
+            stream.advance_processing_time(2)  # open windows fire their early panes
         else:
             stream.advance_watermark_to(T0 + what)
+            watermark_ms = (T0 + what) * S
     stream.advance_watermark_to_infinity()
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True

@@ -75,7 +75,8 @@ def result(spec: StatsSpec, slot: tuple, sketch: Any, blob: bytes) -> dict[str, 
         "_t": start_ms, "window_s": spec.window_s,
     }
     if spec.top is not None:
-        items = sketch.get_frequent_items(datasketches.frequent_items_error_type.NO_FALSE_POSITIVES)
+        items = sorted(sketch.get_frequent_items(datasketches.frequent_items_error_type.NO_FALSE_POSITIVES),
+                       key=lambda item: (-item[1], item[0]))  # ties by value: the same top N in any merge order
         doc["count"] = sketch.total_weight
         doc["top"] = [{"value": v, "count": est, "lower": lo, "upper": hi} for v, est, lo, hi in items[: spec.top]]
         return doc
