@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from connectors.archives import InputError
 from pipelines import graph
+from pipelines.cluster import check_stream
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.options import UsageError, beam_options, setup_logging
 from transforms.category import camel_case
@@ -67,8 +69,9 @@ def stream_options(beam_args: list[str], source: str, job_endpoint: str | None =
         if source == "pubsub":
             args.append("--runner=DirectRunner")
         else:
-            args += ["--runner=PrismRunner", f"--prism_location={PRISM}", "--environment_type=LOOPBACK",
-                     "--prism_log_level=warn"]
+            args += ["--runner=PrismRunner", f"--prism_location={PRISM}", "--prism_log_level=warn"]
+            if not any(a.startswith("--environment_type") for a in args):
+                args.append("--environment_type=LOOPBACK")  # else a worker pool of the user's (EXTERNAL)
             if job_endpoint:
                 args.append(f"--job_endpoint={job_endpoint}")
     options = beam_options(args)
@@ -97,6 +100,7 @@ class LocalPrism:
         self._proc = subprocess.Popen(
             [str(PRISM), "--job_port", str(self.port), "--serve_http=false", "--log_level", "warn"],
             stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        log_path.with_suffix(".pid").write_text(str(self._proc.pid))
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -167,9 +171,10 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     gateway = None
     try:
         options = stream_options(beam_args, args.source, prism.endpoint if prism else None)
+        check_stream(options, args.source, str(spool))
         FileSystems.set_options(options)
         if args.source == "spool" and not args.no_gateway:
-            gateway = start_gateway(job, spool, args.port)
+            gateway = start_gateway(args.config, spool, args.port)
         return supervise(beam.Pipeline(options=options), job, args, spool, prism)
     finally:
         if gateway is not None:
@@ -179,14 +184,48 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
             prism.stop()
 
 
-def start_gateway(job: JobConfig, spool: Path, port: int | None):  # -> GatewayThread
-    from pipelines.gateway import GatewayThread
+class GatewayProcess:
+    """The gateway (`python -m pipelines.gateway`) as a child process in a group of its own: it does not share
+    the SDK worker's GIL, a Ctrl-C to the terminal reaches only this process, and it is stopped (SIGTERM: it
+    drains, then seals its segments) after the job. Its output goes on to this process's stdout."""
 
-    settings = job.gateway.model_copy(update={"spool": spool, **({"port": port} if port is not None else {})})
-    try:
-        gateway = GatewayThread(settings).start()
-    except RuntimeError as err:  # the port is taken, the spool is in use or not writable
-        raise UsageError(str(err)) from None
+    def __init__(self, config: str | None, spool: Path, port: int | None) -> None:
+        command = [sys.executable, "-m", "pipelines.gateway", "--spool", str(spool)]
+        command += ["--config", config] if config else []
+        command += ["--port", str(port)] if port is not None else []
+        self._proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        assert self._proc.stdout is not None
+        last = b""
+        for line in self._proc.stdout:
+            found = re.search(rb"listening on (http://[^\s,]+)", line)
+            if found:
+                self.url = found.group(1).decode()
+                break
+            last = line or last
+        else:
+            self._proc.wait()
+            raise UsageError(f"the gateway did not start: {last.decode(errors='replace').strip()}")
+        threading.Thread(target=self._forward, daemon=True, name="gateway-output").start()
+
+    def _forward(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def start_gateway(config: str | None, spool: Path, port: int | None) -> GatewayProcess:
+    gateway = GatewayProcess(config, spool, port)
     print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
     return gateway
 
@@ -208,9 +247,11 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
     threading.excepthook = _quiet_excepthook
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RunnerGone())
     result = pipeline.run()
-    print(f"dpipe stream: running on {pipeline.options.view_as(StandardOptions).runner}, output {args.output}",
-          flush=True)
+    runner = pipeline.options.view_as(StandardOptions).runner or "PrismRunner"
+    print(f"dpipe stream: running on {runner}, output {args.output}", flush=True)
     stop_at = None
     try:
         while True:
@@ -248,9 +289,21 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
 
 
 def _quiet_excepthook(hook: threading.ExceptHookArgs) -> None:
-    """The runner's client threads fail loudly when the runner goes away; one line is enough."""
-    log.warning("%s in thread %s: %s", hook.exc_type.__name__, hook.thread.name if hook.thread else "?",
-                str(hook.exc_value).splitlines()[0] if hook.exc_value and str(hook.exc_value) else "")
+    """The runner's client threads fail loudly when the runner goes away: the supervisor says it in one line."""
+    log.debug("%s in thread %s: %s", hook.exc_type.__name__, hook.thread.name if hook.thread else "?",
+              hook.exc_value)
+
+
+class _RunnerGone(logging.Filter):
+    """Drops the SDK worker's tracebacks of a connection to the runner that closed (the runner died or the
+    job ended): `supervise` reports that once, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import grpc
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, grpc.RpcError) and error.code() in (
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
 
 def main(argv: list[str] | None = None) -> int:

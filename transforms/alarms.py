@@ -7,12 +7,14 @@ distinct values) and compares each window with a threshold (>=, >, <=, <) or wit
 cools down per (rule, key) for `cooldown` of event time, so one spike is one alarm, not one per overlapping
 window. Everything is in event time: a backfill raises the alarms a live run would have raised.
 
-A bounded run evaluates each key's windows in time order once its input ends. An unbounded run keeps each
-(rule, key)'s open windows in keyed state and evaluates them as partial counts arrive (every bundle): a rule
-whose value only grows (count or distinct, with >=, > or an abnormal rise) fires as soon as a window crosses,
-within a bundle of the crossing; the others (sum, mean, <=, <) when the watermark passes the window's end.
-Partials up to `lateness` behind a window's end still count (and may fire it late); later ones are dropped
-and counted. With events in time order both give the same alarms (tested).
+A bounded run evaluates each key's windows in time order once its input ends. An unbounded run puts each
+partial into its sliding window (transforms/lateness.py): the runner keeps the window and fires a pane every
+second while it is open, at the watermark, and per late partial; each (rule, key) keeps its windows' latest
+panes in one keyed state cell and evaluates them as the bounded run does. A rule whose value only grows
+(count or distinct, with >=, > or an abnormal rise) fires at the first pane after the crossing; the others
+(sum, mean, <=, <) once the window has closed. Notifications go out once, at the first firing; a closed
+window whose value changed is re-emitted with a higher `revision` under the same `_id`. Lines later than
+`lateness` are counted (`dpipe.late/alarms/<rule>`) and left out. Tested: the same alarms as the bounded run.
 """
 
 from __future__ import annotations
@@ -329,14 +331,14 @@ class _LiveAlarmsDoFn(beam.DoFn):
         start, acc, closed = element[1]
         rule = self._rules[rule_name]
         book: _Book = state.read() or _Book({}, set(), {})
-        if start + rule.size_s * 1000 + rule.lateness_s * 1000 + rule.period_s * 1000 <= book.horizon:
-            return  # a pane of a window already forgotten (the runner's lateness is wider than the rule's)
-        book.windows[start] = acc
-        if closed:
-            book.closed.add(start)
-            book.horizon = max(book.horizon, start + rule.size_s * 1000)
-        yield from settle(rule, key, book)
-        state.write(book)
+        # a pane of a window already forgotten (the runner's lateness is wider than the rule's) is ignored
+        if start + rule.size_s * 1000 + rule.lateness_s * 1000 + rule.period_s * 1000 > book.horizon:
+            book.windows[start] = acc
+            if closed:
+                book.closed.add(start)
+                book.horizon = max(book.horizon, start + rule.size_s * 1000)
+            yield from settle(rule, key, book)
+            state.write(book)
 
 
 def _rule_key(key: str) -> tuple[str, tuple]:

@@ -10,10 +10,11 @@ Definition (the brute-force `reference_depths` spells it out; `FunnelTracker` co
   matches a step of the funnel but is not the attempt's next step (a repeated step included).
 - Per (period, dimension values), a user counts once at each step up to the deepest any attempt reached.
 
-Bounded inputs group each user's rows and run the tracker once (`FunnelCounts`); unbounded inputs keep a
-tracker per user in keyed state and feed it rows in time order as the watermark passes them, emitting only
-the changes of each user's depth: counts per period are sums of those changes, so both agree on the same
-rows (tested), and per-row state is one buffered row until the watermark passes it.
+Bounded inputs group each user's rows and run the tracker once (`FunnelCounts`). Unbounded inputs key each
+row by (user, period) into the period's event-time window (the period plus the conversion window: rows after
+its end can still advance its attempts); each pane recomputes the user's depths from all their rows so far,
+so arrival order and delay do not matter, and a second windowed combine counts each user once per slot at
+their latest pane's depth (transforms/lateness.py). Both agree on the same rows (tested).
 """
 
 from __future__ import annotations

@@ -38,12 +38,16 @@ class LocalServer:
         """Raise while the server does not answer yet."""
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment variables; None: this process's."""
+        return None
+
     def start(self, log: Path, timeout: float = 60) -> None:
         from tests.servers import jvm
 
         self._log = log.open("wb")
         self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=jvm.pdeathsig_preexec())
+                                      env=self.environment(), preexec_fn=jvm.pdeathsig_preexec())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
