@@ -28,6 +28,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: lint tools browser
 	$(PY) -m pytest

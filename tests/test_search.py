@@ -174,9 +174,9 @@ def test_a_server_stopped_mid_run_and_restarted_loses_and_duplicates_nothing(sam
     server.start(tmp_path / "node")
     port, url = server.port, server.url
     try:
-        # retries bounded by count, not by a guess at how long a restart takes on a loaded machine
+        # up to about 4 minutes of retries: longer than a restart takes on a loaded machine
         job = job_for(url, "opensearch", "rs", counters=False, batch={"docs": 100},
-                      retry={"max_retries": 600, "initial_backoff": "200ms", "max_backoff": "1s"})
+                      retry={"max_retries": 50, "initial_backoff": "200ms", "max_backoff": "5s"})
         result: dict[str, Any] = {}
         run = threading.Thread(target=lambda: result.update(
             run_backfill([str(logs / "*")], str(tmp_path / "out"), job, PINNED)))

@@ -73,7 +73,7 @@ class SlotWindows(window.NonMergingWindowFn):
         self._bounds = bounds
 
     def assign(self, context: window.WindowFn.AssignContext) -> list[window.IntervalWindow]:
-        start, end = self._bounds(context.element[0])
+        start, end = self._bounds(context.element[0])  # type: ignore[index]  # elements are (key, value)
         return [window.IntervalWindow(start / 1000, end / 1000)]
 
     def get_window_coder(self) -> coders.Coder:

@@ -142,7 +142,7 @@ class _BundleSketchDoFn(beam.DoFn):
         sketches, self._sketches = self._sketches, {}
         for slot, sketch in sketches.items():
             start = self._bounds(slot)[0] / 1000  # the element's time: its window's start
-            yield WindowedValue((slot, self._kind.serialize(sketch)), start, [window.GlobalWindow()])
+            yield WindowedValue((slot, self._kind.serialize(sketch)), start, (window.GlobalWindow(),))
 
 
 class _MergeFn(beam.CombineFn):
