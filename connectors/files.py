@@ -212,6 +212,7 @@ class _ShardedWriteDoFn(beam.DoFn):
         self._sink, self._output, self._temp, self._ext = sink, output, temp_dir, ext
         self._group_of, self._stem_of, self._split, self._opener = group_of, stem_of, split, opener
         self._files_counter = Metrics.counter("dpipe.write", f"{sink}_files")
+        self._rows_counter = Metrics.counter("dpipe.write", f"{sink}_rows")
 
     def start_bundle(self) -> None:
         self._group: str | None = None
@@ -240,6 +241,7 @@ class _ShardedWriteDoFn(beam.DoFn):
         for temp, final, writer in self._open.values():
             writer.close()
             self._files_counter.inc()
+            self._rows_counter.inc(writer.rows)
             yield WrittenFile(self._sink, final, writer.rows, dict(writer.counts), temp)
         self._open = {}
 

@@ -279,6 +279,8 @@ class SpoolReader(UnboundedReader):
         stamp = latest if latest is not None else (watermark if watermark is not None else int(time.time() * 1000))
         self._current_ts = _ts(stamp if watermark is None else max(stamp, watermark))
         self._update_watermark()
+        if source.latest_ms is not None:  # each input's own watermark, for /metrics (watermark lag per input)
+            Metrics.gauge("dpipe.input_watermark_ms", source.category).set(source.latest_ms - self._ooo_ms)
 
     def _latest(self, lines: list[bytes]) -> int | None:
         """The batch's latest plausible event time. Unparseable and implausibly future times (beyond now +
@@ -359,7 +361,7 @@ class SpoolReader(UnboundedReader):
         while True:
             segment = self._locate(state, segments)
             if segment is None:
-                state.behind = False
+                state.behind = state.gap is not None  # waiting out a gap: data lies ahead
                 return
             try:
                 lines, end = read_lines(segment.path, state.read_to, READ_BYTES)

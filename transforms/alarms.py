@@ -7,12 +7,14 @@ distinct values) and compares each window with a threshold (>=, >, <=, <) or wit
 cools down per (rule, key) for `cooldown` of event time, so one spike is one alarm, not one per overlapping
 window. Everything is in event time: a backfill raises the alarms a live run would have raised.
 
-A bounded run evaluates each key's windows in time order once its input ends. An unbounded run keeps each
-(rule, key)'s open windows in keyed state and evaluates them as partial counts arrive (every bundle): a rule
-whose value only grows (count or distinct, with >=, > or an abnormal rise) fires as soon as a window crosses,
-within a bundle of the crossing; the others (sum, mean, <=, <) when the watermark passes the window's end.
-Partials up to `lateness` behind a window's end still count (and may fire it late); later ones are dropped
-and counted. With events in time order both give the same alarms (tested).
+A bounded run evaluates each key's windows in time order once its input ends. An unbounded run puts each
+partial into its sliding window (transforms/lateness.py): the runner keeps the window and fires a pane every
+second while it is open, at the watermark, and per late partial; each (rule, key) keeps its windows' latest
+panes in one keyed state cell and evaluates them as the bounded run does. A rule whose value only grows
+(count or distinct, with >=, > or an abnormal rise) fires at the first pane after the crossing; the others
+(sum, mean, <=, <) once the window has closed. Notifications go out once, at the first firing; a closed
+window whose value changed is re-emitted with a higher `revision` under the same `_id`. Lines later than
+`lateness` are counted (`dpipe.late/alarms/<rule>`) and left out. Tested: the same alarms as the bounded run.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class _PartialsDoFn(beam.DoFn):
         parts, self._parts = self._parts, {}
         if self._per_window:
             for slot, acc in parts.items():
-                yield WindowedValue((slot, acc), slot[2] / 1000, [window.GlobalWindow()])
+                yield WindowedValue((slot, acc), slot[2] / 1000, (window.GlobalWindow(),))
             return
         per_key: dict[tuple, Windows] = {}
         for (name, key, start), acc in parts.items():
@@ -201,7 +203,7 @@ class _PartialsDoFn(beam.DoFn):
                 windows = per_key[(name, key)] = Windows()
             windows[start] = acc
         for slot, windows in per_key.items():
-            yield WindowedValue((slot, windows), min(windows) / 1000, [window.GlobalWindow()])
+            yield WindowedValue((slot, windows), min(windows) / 1000, (window.GlobalWindow(),))
 
 
 def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
@@ -219,6 +221,7 @@ def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
             detail: dict[str, Any] = {"previous": base, "change_percent": rule.change_percent,
                                       "min_base": rule.min_base}
         else:
+            assert rule.threshold is not None  # the config requires a threshold or a change_percent
             fires = COMPARE[rule.op](value, rule.threshold)
             detail = {"op": rule.op, "threshold": rule.threshold}
         if not fires or (last_fired is not None and start - last_fired < cooldown):

@@ -1,10 +1,10 @@
 """The ALS line parser: `area,unix_ts,{json}` -> Event, or a DeadLetter with the original's reason.
 
-Rules (DESIGN §4): split on the first two commas; area non-empty; ts an unsigned decimal, milliseconds above
-1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON object (empty = `{}`);
-one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are kept as they are:
-the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced. Optional bounds
-(`max_age`, `max_future`) send out-of-range events to the dead letters instead.
+Rules (docs/architecture.md, "The ALS line"): split on the first two commas; area non-empty; ts an unsigned
+decimal, milliseconds above 1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON
+object (empty = `{}`); one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are
+kept as they are: the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced.
+Optional bounds (`max_age`, `max_future`) send out-of-range events to the dead letters instead.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
     events = out.events
     for offset, line in zip(batch.offsets, batch.lines, strict=True):
         result = parse_line(line, source, offset, category, bounds)
-        if type(result) is Event:
+        if isinstance(result, Event):
             events.append(result)
         else:
             dead.append(result)
@@ -152,6 +152,8 @@ class _ParseDoFn(beam.DoFn):
         events, dead = parse_batch(batch, self._bounds)
         self._events.inc(len(events.events))
         self._dead.inc(len(dead))
+        for letter in dead:  # few: a counter per reason is cheap, and what an operator graphs
+            Metrics.counter("dpipe.dead_letters", letter.error).inc()
         if events.events:
             yield events
         for letter in dead:

@@ -2,7 +2,7 @@
 
 Instead of indexing every hit, a counter keeps count/sum/mean/min/max/stddev of a field (or just the count)
 per fixed interval of *event* time, optionally per key (e.g. per area), and emits one document per interval
-with a deterministic id. Each batch is pre-aggregated in place (DESIGN §9); Beam combines the partials per
+with a deterministic id. Each batch is pre-aggregated in place (docs/architecture.md); Beam combines the partials per
 key in fixed windows, so a backfill and a stream of the same events give the same numbers. The original used
 processing-time intervals, stamped each document with its last event's time, computed a sample stddev of 0
 for n <= 2 and raced inject against flush; none of that is kept.
@@ -175,7 +175,7 @@ class _PartialsDoFn(beam.DoFn):
     def _emit(self) -> Iterator[WindowedValue]:
         parts, self._parts = self._parts, {}
         for (key, start), acc in parts.items():
-            yield WindowedValue(((key, start), acc), start / 1000, [window.GlobalWindow()])
+            yield WindowedValue(((key, start), acc), start / 1000, (window.GlobalWindow(),))
 
 
 class _MergeFn(beam.CombineFn):

@@ -1,6 +1,6 @@
 """The event model: what flows between dpipe's transforms.
 
-The bounded hot path carries *batches* (DESIGN §9): a `LineBatch` of raw lines from one source becomes an
+The bounded hot path carries *batches* (docs/architecture.md): a `LineBatch` of raw lines from one source becomes an
 `EventBatch` plus individual `DeadLetter`s. Per-event work is a loop inside one DoFn call, so Beam's
 per-element cost is paid once per batch, not once per line.
 """
