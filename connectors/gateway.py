@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -401,13 +402,20 @@ async def _read_aiohttp(request: web.Request, limit: int, read_timeout: float, b
 
 
 class _OneLineLogger(logging.LoggerAdapter):
-    """aiohttp's server logger without tracebacks: a malformed request is one warning line, not a stack."""
+    """aiohttp's server logger without tracebacks: a malformed request is one warning line, not a stack
+    (aiohttp logs TLS or other non-HTTP traffic at debug level: that is a refusal too)."""
 
     def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
         reason = exc_info if isinstance(exc_info, BaseException) else None
         text = " ".join(str(reason).split())[:300] if reason is not None else ""
         self.logger.warning("gateway: %s: %s%s", msg % args if args else msg, type(reason).__name__ if reason
                             else "error", f": {text}" if text else "")
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), BaseException):
+            self.exception(msg, *args, **kwargs)
+        else:
+            self.logger.debug(msg, *args, **kwargs)
 
 
 class GatewayServer:

@@ -38,12 +38,16 @@ class LocalServer:
         """Raise while the server does not answer yet."""
         raise NotImplementedError
 
-    def start(self, log: Path, timeout: float = 60) -> None:
+    def preexec(self) -> Any:
+        """What the child runs before exec: it gets SIGTERM when the test dies. Extend for resource limits."""
         from tests.servers import jvm
 
+        return jvm.pdeathsig_preexec()
+
+    def start(self, log: Path, timeout: float = 60) -> None:
         self._log = log.open("wb")
         self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=jvm.pdeathsig_preexec())
+                                      preexec_fn=self.preexec())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
