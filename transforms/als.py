@@ -1,6 +1,6 @@
 """The ALS line parser: `area,unix_ts,{json}` -> Event, or a DeadLetter with the original's reason.
 
-Rules (DESIGN §4): split on the first two commas; area non-empty; ts an unsigned decimal, milliseconds above
+Rules (DESIGN §4): split on the first two commas; area non-empty, UTF-8, without control characters; ts an unsigned decimal, milliseconds above
 1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON object (empty = `{}`);
 one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are kept as they are:
 the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced. Optional bounds
@@ -9,6 +9,7 @@ the original's unsigned-subtraction bug that turned old lines into "now" is not 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ EMPTY_LINE = "empty line"
 NOT_3_FIELDS = "not 3 fields"
 EMPTY_AREA = "empty area"
 BAD_AREA = "area not utf-8"
+AREA_CONTROL = "area has control characters"
 TS_INVALID = "timestamp invalid"
 NOT_JSON = "payload not json"
 TOO_OLD = "timestamp too old"
@@ -33,6 +35,7 @@ TOO_NEW = "timestamp in the future"
 UNKNOWN_CATEGORY = "category unknown"
 
 DEADLETTER = "deadletter"
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,8 @@ def parse_line(
         area = area_b.decode("utf-8")
     except UnicodeDecodeError:
         return _dead(raw, BAD_AREA, source, offset, category)
+    if _CONTROL.search(area_b):  # a NUL or an escape sequence must not reach partitions, indices or terminals
+        return _dead(raw, AREA_CONTROL, source, offset, category)
     ts = parse_timestamp(ts_b)
     if ts is None:
         return _dead(raw, TS_INVALID, source, offset, category, ts_b.decode("utf-8", "backslashreplace"))
