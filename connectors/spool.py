@@ -315,8 +315,14 @@ class SpoolWriter:
         by_seq: dict[int, list[dict]] = {}
         for entry in entries:
             by_seq.setdefault(entry["s"], []).append(entry)
+        sealed = {s.seq for s in segments if s.sealed}
         for segment in segments:
             if segment.sealed:
+                continue
+            if segment.seq in sealed:  # never written so: keep both, the sealed one is the segment
+                aside = segment.path.with_name(segment.path.name + ".orphan")
+                log.warning("spool: %s and its sealed twin both exist: moved aside to %s", segment.path, aside)
+                os.replace(segment.path, aside)
                 continue
             fd = os.open(segment.path, os.O_RDWR)
             try:
@@ -339,8 +345,17 @@ class SpoolWriter:
         self._evict()
         self._rewrite_journal()
         _fsync_dir(self.dir)
-        stored = int(self._seq_file.read_text()) if self._seq_file.exists() else 0
-        return max([stored, *(s.seq + 1 for s in segments)])
+        return max([self._stored_seq(), *(s.seq + 1 for s in segments), *(e["s"] + 1 for e in entries)])
+
+    def _stored_seq(self) -> int:
+        """`next_seq` as written; a damaged one is said and ignored (the segments and journal still bound it)."""
+        try:
+            return int(self._seq_file.read_bytes().decode("ascii"))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as err:
+            log.warning("spool: %s is damaged (%s): going on from the segments' seqs", self._seq_file, err)
+            return 0
 
     def _rewrite_journal(self) -> None:
         """Replace the journal by the live entries (atomic rename; the caller fsyncs the directory)."""
