@@ -75,7 +75,7 @@ class GatewaySettings(BaseModel):
     max_line_bytes: int = Field(default=2**20, gt=0)
     max_lines: int = Field(default=100_000, gt=0)
     max_in_flight: int = Field(default=64, gt=0)
-    max_in_flight_bytes: int = Field(default=256 * 2**20, gt=0)
+    max_in_flight_bytes: int = Field(default=192 * 2**20, gt=0)
     read_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=60.0, gt=0)
     drain_seconds: float = Field(default=5.0, ge=0)
@@ -127,12 +127,12 @@ class Rejected(Exception):
         self.headers = headers if retry_after is None else {**headers, "Retry-After": str(retry_after)}
 
 
-BodyReader = Callable[[int], Awaitable[bytes | bytearray | None]]
+BodyReader = Callable[[int], Awaitable[bytes | None]]
 """Reads the whole request body, or returns None as soon as it exceeds the given number of bytes; raises
 TimeoutError when the client stalls."""
 
 
-def gunzip(data: bytes | bytearray, limit: int) -> bytes:
+def gunzip(data: bytes, limit: int) -> bytes:
     """Decompress a (multi-member) gzip body, stopping past `limit` output bytes: no gzip bomb gets inflated."""
     parts, size = [], 0
     while data:
@@ -151,7 +151,7 @@ def gunzip(data: bytes | bytearray, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def split_lines(body: bytes | bytearray, max_line_bytes: int, max_lines: int) -> list[bytes]:
+def split_lines(body: bytes, max_line_bytes: int, max_lines: int) -> list[bytes]:
     """The body's non-empty lines without their `\\n` or `\\r\\n`; a line or count over the limit is refused."""
     lines = body.split(b"\n")
     if b"\r" in body:
@@ -389,16 +389,17 @@ class Gateway:
 
 
 async def _read_aiohttp(request: web.Request, limit: int, read_timeout: float, body_timeout: float
-                        ) -> bytearray | None:
+                        ) -> bytes | None:
     """The body, or None past `limit` bytes; TimeoutError when a read waits `read_timeout` or the whole body
     takes `body_timeout` (slow clients must not hold a slot for ever)."""
-    body = bytearray()
+    chunks, size = [], 0
     async with asyncio.timeout(body_timeout):
         while chunk := await asyncio.wait_for(request.content.readany(), read_timeout):
-            body += chunk
-            if len(body) > limit:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
                 return None
-    return body
+    return b"".join(chunks)  # bytes: lines go to sinks (Pub/Sub) that take nothing else
 
 
 class _OneLineLogger(logging.LoggerAdapter):

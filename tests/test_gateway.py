@@ -252,6 +252,14 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, capsys: pytest.Capt
 # ---- kill -9 in the middle of a stream ----
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll until `condition()` holds (a deadline, never a fixed wait)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 class GatewayProcess:
     """`python -m pipelines.gateway` on a free port; `url` once it listens."""
 
@@ -298,13 +306,13 @@ def test_kill_9_loses_no_acknowledged_line_and_leaves_no_partial_line(tmp_path: 
     workers = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(acked) >= 4000, "lines acknowledged before the kill")
     acked_before_kill = len(acked)
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    time.sleep(0.2)  # requests fail while nothing listens
+    wait_until(lambda: outcomes["connection error"] > 0, "requests failing while nothing listens")
     second = GatewayProcess(spool)
     current["url"] = second.url
-    time.sleep(1.0)
+    wait_until(lambda: len(acked) >= acked_before_kill + 4000, "lines acknowledged after the restart")
     stop.set()
     for worker in workers:
         worker.join(30)

@@ -26,18 +26,7 @@ from connectors.gateway import GatewaySettings
 from connectors.spool import list_segments, spool_lines
 from pipelines.gateway import GatewayThread
 from tests.servers.gateway import GatewayProcess
-from tests.test_gateway import TOKEN_A, TOKEN_B, call, post
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """Poll until `condition()` is truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.test_gateway import TOKEN_A, TOKEN_B, call, post, wait_until
 
 
 @pytest.fixture
@@ -116,7 +105,7 @@ def test_a_token_over_its_rate_gets_429_with_retry_after(start: Callable[..., Ga
     assert limited and "project a is over 2 requests/s" in limited[0][2]["error"]
     assert int(limited[0][1]["Retry-After"]) >= 1
     assert post(gateway.url, "pv", b"a,1,{}", Authorization=f"Bearer {TOKEN_B}")[0] == 200  # per token
-    wait_for(lambda: post(gateway.url, "pv", b"a,1,{}", Authorization=f"Bearer {TOKEN_A}")[0] == 200,
+    wait_until(lambda: post(gateway.url, "pv", b"a,1,{}", Authorization=f"Bearer {TOKEN_A}")[0] == 200,
              "the bucket to refill")
 
 
@@ -146,9 +135,9 @@ def test_stalled_bodies_time_out_and_free_their_slots(start: Callable[..., Gatew
     stalled = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
     for s in stalled:  # slowloris: headers promise 10 bytes, then nothing
         s.sendall(b"POST /v1/logs/pv HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
-    wait_for(lambda: state.in_flight == 4, "the stalled posts to hold every slot")
+    wait_until(lambda: state.in_flight == 4, "the stalled posts to hold every slot")
     assert post(gateway.url, "pv", b"a,1,{}")[0] == 429
-    wait_for(lambda: post(gateway.url, "pv", b"a,1,{}")[0] == 200, "a slot freed by the read timeout")
+    wait_until(lambda: post(gateway.url, "pv", b"a,1,{}")[0] == 200, "a slot freed by the read timeout")
     for s in stalled:
         answer = s.recv(65536)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
@@ -198,7 +187,7 @@ def test_sigterm_with_stalled_posts_drains_within_its_grace_period_and_exits_0(
     stalled = [socket.create_connection(("127.0.0.1", gateway.port), timeout=30) for _ in range(3)]
     for s in stalled:
         s.sendall(b"POST /v1/logs/pv HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nb,2,{}\n")
-    wait_for(lambda: 'dpipe_gateway_in_flight_bytes 3000' in call(gateway.url, "GET", "/metrics")[2],
+    wait_until(lambda: 'dpipe_gateway_in_flight_bytes 3000' in call(gateway.url, "GET", "/metrics")[2],
              "three stalled posts in flight")
     assert gateway.signal(signal.SIGTERM) == 0  # the default read_timeout (10 s) never fires: the grace does
     log = (tmp_path / "gateway.log").read_text()
@@ -333,12 +322,12 @@ def test_kill_9_with_8_retrying_clients_leaves_no_duplicate(process: Callable[..
     clients = [threading.Thread(target=client, args=(w,)) for w in range(8)]
     for c in clients:
         c.start()
-    wait_for(lambda: len(acked) >= 20_000, "lines acknowledged before the kill")
+    wait_until(lambda: len(acked) >= 20_000, "lines acknowledged before the kill")
     assert current["gateway"].signal(signal.SIGKILL) == -signal.SIGKILL
     current["gateway"] = process(log="second.log")
-    wait_for(lambda: outcomes["connection error"] > 0, "a client to see the kill")
+    wait_until(lambda: outcomes["connection error"] > 0, "a client to see the kill")
     acked_at_restart = len(acked)
-    wait_for(lambda: len(acked) >= acked_at_restart + 20_000, "lines acknowledged after the restart")
+    wait_until(lambda: len(acked) >= acked_at_restart + 20_000, "lines acknowledged after the restart")
     stop.set()
     for c in clients:
         c.join(60)
@@ -421,7 +410,7 @@ def test_gateway_thread_stop_cuts_stalled_posts_off_after_the_grace_period(tmp_p
     stalled = [socket.create_connection(("127.0.0.1", gateway.server.port), timeout=30) for _ in range(2)]
     for s in stalled:
         s.sendall(b"POST /v1/logs/pv HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nb,2,{}\n")
-    wait_for(lambda: gateway.server is not None and gateway.server.gateway.in_flight == 2, "two stalled posts")
+    wait_until(lambda: gateway.server is not None and gateway.server.gateway.in_flight == 2, "two stalled posts")
     gateway.stop(timeout=60)
     assert not gateway._thread.is_alive()  # stopped by the grace period, long before the join's deadline
     assert all(s.sealed for s in list_segments(tmp_path / "spool"))
