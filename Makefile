@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SAMPLE := data/sample
 
-.PHONY: setup demo test lint bench clean tools
+.PHONY: setup demo test lint bench clean tools sdk-image
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "dpipe needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -43,6 +43,16 @@ tools: .tools/bin/prism .tools/bin/pstest
 
 .tools/bin/pstest: tests/servers/pstest/main.go tests/servers/pstest/go.mod tests/servers/pstest/go.sum
 	cd tests/servers/pstest && $(GOENV) $(GO) build -o $(TOOLS)/bin/pstest .
+
+# The SDK harness image for Flink (templates/flink/sdk.Dockerfile): Beam's Python SDK image of the pinned Beam
+# version with dpipe installed. Where no Docker daemon answers it builds nothing and fails (exit 2) saying so.
+BEAM_VERSION := $(shell sed -n 's/.*"apache-beam\[[^]]*\]==\([^"]*\)".*/\1/p' pyproject.toml)
+SDK_IMAGE ?= dpipe-sdk:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+sdk-image:
+	@docker info >/dev/null 2>&1 || { echo "make sdk-image: no Docker daemon answers here (docker info failed):" \
+		"no image built; run it on a host with Docker (templates/flink/sdk.Dockerfile, runbooks/flink.md)" >&2; exit 2; }
+	docker build -f templates/flink/sdk.Dockerfile --build-arg BEAM_VERSION=$(BEAM_VERSION) -t $(SDK_IMAGE) .
 
 bench: setup
 	$(PY) -m bench.backfill

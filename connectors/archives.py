@@ -1,6 +1,6 @@
 """ReadArchives: the bounded source over historical log files (local disk, S3, HDFS; plain, .gz, .bz2).
 
-Parallelism comes from the source (DESIGN §9): uncompressed files are cut into byte ranges, compressed files
+Parallelism comes from the source (docs/architecture.md): uncompressed files are cut into byte ranges, compressed files
 are one range each; a Reshuffle spreads the (tiny) range descriptors over the workers, and each worker reads,
 parses and writes its ranges without shipping lines to another process. A range owns every line whose first
 byte lies inside it, so ranges never lose or repeat a line wherever they are cut.

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -211,6 +212,7 @@ class _ShardedWriteDoFn(beam.DoFn):
         self._sink, self._output, self._temp, self._ext = sink, output, temp_dir, ext
         self._group_of, self._stem_of, self._split, self._opener = group_of, stem_of, split, opener
         self._files_counter = Metrics.counter("dpipe.write", f"{sink}_files")
+        self._rows_counter = Metrics.counter("dpipe.write", f"{sink}_rows")
 
     def start_bundle(self) -> None:
         self._group: str | None = None
@@ -239,6 +241,7 @@ class _ShardedWriteDoFn(beam.DoFn):
         for temp, final, writer in self._open.values():
             writer.close()
             self._files_counter.inc()
+            self._rows_counter.inc(writer.rows)
             yield WrittenFile(self._sink, final, writer.rows, dict(writer.counts), temp)
         self._open = {}
 
@@ -267,11 +270,17 @@ def remove_tree(path: str) -> None:
 
 
 class _WriteShards(beam.PTransform):
-    def __init__(self, writer: _ShardedWriteDoFn) -> None:
+    """`revisions`: the sink's rows are results that a stream re-emits under the same `_id` as they change;
+    there each file is named by when it was written (`_revision_stem`), so that files sort in emission order
+    and a later file never replaces an earlier one that shares its first row's id."""
+
+    def __init__(self, writer: _ShardedWriteDoFn, revisions: bool = False) -> None:
         super().__init__()
-        self._writer = writer
+        self._writer, self._revisions = writer, revisions
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        if self._revisions and not pcoll.is_bounded:
+            self._writer._stem_of = _revision_stem
         written = pcoll | "WriteTemp" >> beam.ParDo(self._writer)
         if not pcoll.is_bounded:  # a stream never ends: each file is published once its bundle is done
             return written | "Publish" >> beam.Map(lambda f: _publish([f])[0])
@@ -286,6 +295,26 @@ def _row_stem(row: Any) -> str:
     """A file named after its first row: stable when the same input is bundled the same way."""
     key = f"{row.source}\0{row.offset}\0{row.stage}" if isinstance(row, DeadLetter) else row.get("_id", repr(row))
     return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def _revision_stem(row: Any) -> str:
+    """Emission time (ns, fixed width) then the first row's id: sorted names are emission order."""
+    return f"{time.time_ns():020d}-{_row_stem(row)}"
+
+
+def latest_rows(folder: str) -> dict[str, dict]:
+    """A results folder (`counters/`, `alarms/`...) as its last row per `_id`: what a stream converged on
+    (files in name order, rows in file order: see `_revision_stem`)."""
+    rows: dict[str, dict] = {}
+    pattern = join(folder, "part-*.jsonl")
+    paths = sorted(m.path for match in FileSystems.match([pattern]) for m in match.metadata_list)
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            for line in f.read().splitlines():
+                if line:
+                    row = orjson.loads(line)
+                    rows[row["_id"]] = row
+    return rows
 
 
 class _WriteParquet(_WriteShards):
@@ -397,5 +426,6 @@ class WriteJsonRows(_WriteShards):
                 stem_of=_row_stem,
                 split=lambda row: [("", None, [row])],
                 opener=lambda stream, _: _JsonLinesWriter(stream, dict, _count_row(sink), {}),
-            )
+            ),
+            revisions=True,
         )

@@ -169,6 +169,9 @@ class _NotifyDoFn(beam.DoFn):
         self._mailer = Mailer(self._n.email, self._n.clock) if self._n.email else None
 
     def process(self, alarm: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if alarm.get("revision", 0):  # a correction of a row already notified (late lines): stored, not sent
+            yield alarm
+            return
         self._fired.inc()
         console = self._n.console
         if console:

@@ -1,21 +1,27 @@
 """ReadFromSpool: the unbounded source that tails the gateway's spool (connectors/spool.py) as LineBatches.
 
 It is a Beam `UnboundedSource` (not a runner-specific trick), so the same code runs on Prism locally and on
-Flink. One reader tails the segments in seq order: it reads the complete lines of the current segment, and
-moves on only when that segment is sealed and fully read. A segment is found by its seq whatever its suffix,
-so the gateway's `.open` -> `.seg` rename while it is being read loses nothing.
+Flink. The reader keeps one cursor per category (an *input*: the spool cannot tell collectors apart, but it
+keeps each category's segments in order): it reads each category's segments in seq order, and always emits
+next from the input that is furthest behind in event time, so a backlog is caught up in event-time order.
 
-Position and deletion: the checkpoint mark is (seq, offset of the next line to emit), plus the watermark so a
-reader rebuilt from it never goes back in event time. `finalize_checkpoint`, called once the runner has
-durably committed a checkpoint, deletes the sealed segments wholly before that position: the only place
-segments are deleted, so a crash replays from the last committed position and never loses a line.
+Position and deletion: the checkpoint mark is each input's (seq, offset of the next line to emit) and its
+latest event time, plus the watermark, so a reader rebuilt from it never goes back in event time.
+`finalize_checkpoint`, called once the runner has durably committed a checkpoint, deletes the sealed segments
+wholly before their input's position: the only place segments are deleted, so a crash replays from the last
+committed position and never loses a line.
 
-Event time: a batch's timestamp is the latest event time among its lines, never below the watermark already
-reported. The watermark is (latest event time seen) - `max_out_of_order_s`; when the spool is idle (nothing
-new for two polls and no unread data) it follows the wall clock instead, so windows close when traffic stops.
-Lines are read in acknowledgement order, and a segment of one category can be read up to the gateway's
-`segment_seconds` after the lines of another: `max_out_of_order_s` should cover that plus the collectors'
-delays, or those lines arrive late.
+Event time (docs/architecture.md, "Event time"): an input's own watermark is its latest event time less
+`max_out_of_order_s`; the source's watermark is the *slowest active input's*. An input is active while it has
+unread data or has delivered within `idle_timeout_s`; an idle input stops holding the watermark. When every
+input is idle, event time goes on at the wall clock's pace from the latest line, so windows close when
+traffic stops, while a replay of old archives is not pushed behind the watermark. Each batch carries the
+watermark it was read under (`LineBatch.watermark_ms`): the aggregating branches count a line later than
+their allowed lateness against it.
+
+A clean stop (`request_drain`): the reader stops at a batch boundary, records its positions in
+`DIR/reader/drained.json` and ends (watermark at infinity), so the runner finishes every bundle in flight;
+the stream then commits them (`commit_drain`) and the next reader starts exactly there.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import orjson
 from apache_beam import coders
 from apache_beam.io.unbounded_source import (
     CheckpointMark,
@@ -45,16 +54,20 @@ from transforms.event import BatchCoder, LineBatch
 
 log = logging.getLogger("dpipe.spool_source")
 
-READ_BYTES = 4 << 20
-"""Bytes of complete lines read from a segment at a time; the reader cuts them into batches."""
+READ_BYTES = 1 << 20
+"""Bytes of complete lines read from one input's segment at a time; the reader cuts them into batches."""
 IDLE_POLLS = 2
-"""Polls without new data (and none unread) after which the spool counts as idle for the watermark."""
+"""Polls without new data (and none unread) after which the spool counts as idle (idle_stop, the idle clock)."""
 GAP_GRACE_S = 1.0
-"""How long a missing seq must stay missing, with later segments present, before the reader skips it. A seq
-is skipped only when the writer crashed between taking it and creating its file; the grace keeps a directory
-listing that missed a segment during its rename (readdir does not promise to see it) from skipping real data."""
+"""How long a seq never seen in any listing must stay missing before an input's cursor jumps over it. A seq is
+missing for good only when the writer crashed between taking it and creating its file; the grace keeps a
+listing that missed a segment during its rename (readdir does not promise to see it) from skipping data."""
 BUNDLE_SECONDS = 1.0
 """A busy reader ends its bundle this often: the runner learns the watermark and finalizes (deletes) per bundle."""
+DRAIN = "drain"
+"""`DIR/drain`: asks the reader to stop at the next batch boundary (a clean stop)."""
+READER_DIR = "reader"
+DRAINED, POSITIONS = "drained.json", "positions.json"
 
 _warned: set[str] = set()
 
@@ -70,45 +83,121 @@ def _ts(ms: int | None) -> Timestamp:
     return MIN_TIMESTAMP if ms is None else Timestamp(micros=ms * 1000)
 
 
-class SpoolMark(CheckpointMark):
-    """The next line to read: segment `seq` (None = the first one present) at byte `offset`; every line of the
-    segments before `seq` has been read. Carries the watermark so a rebuilt reader never goes back."""
+Positions = dict[str, tuple[int | None, int]]
+"""category -> (seq of its current segment, None = its first one present; offset of the next line)."""
 
-    def __init__(self, spool_dir: str, seq: int | None, offset: int, watermark_ms: int | None) -> None:
-        self.spool_dir, self.seq, self.offset, self.watermark_ms = spool_dir, seq, offset, watermark_ms
+
+def request_drain(spool_dir: str | Path) -> None:
+    """Ask the spool's reader to stop cleanly (see the module docstring)."""
+    Path(spool_dir).mkdir(parents=True, exist_ok=True)
+    (Path(spool_dir) / DRAIN).touch()
+
+
+def drained(spool_dir: str | Path) -> bool:
+    """Whether the reader has stopped at a recorded position after `request_drain`."""
+    return (Path(spool_dir) / READER_DIR / DRAINED).exists()
+
+
+def commit_drain(spool_dir: str | Path) -> None:
+    """After the job finished every bundle: the drained position becomes where the next reader starts."""
+    folder = Path(spool_dir) / READER_DIR
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(folder / DRAINED, folder / POSITIONS)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(Path(spool_dir) / DRAIN)
+
+
+def reset_drain(spool_dir: str | Path) -> None:
+    """Before a start: a stop request or drained position left by a run that did not finish cleanly is void."""
+    for path in (Path(spool_dir) / DRAIN, Path(spool_dir) / READER_DIR / DRAINED):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _saved_positions(spool_dir: str) -> Positions:
+    try:
+        saved = orjson.loads((Path(spool_dir) / READER_DIR / POSITIONS).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+    return {c: (p[0], p[1]) for c, p in saved.items()}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+class SpoolMark(CheckpointMark):
+    """Where every input stands: `positions` (see Positions; every line of an input's earlier segments has
+    been read), each input's latest event time, and the watermark, so a rebuilt reader never goes back."""
+
+    def __init__(self, spool_dir: str, positions: Positions, latest: dict[str, int],
+                 watermark_ms: int | None) -> None:
+        self.spool_dir, self.positions, self.latest, self.watermark_ms = spool_dir, positions, latest, watermark_ms
 
     def finalize_checkpoint(self) -> None:
-        """Delete the sealed segments before the position. Idempotent and cheap (one listing): FnApiRunner calls
-        it in a busy loop, Prism once per bundle. Never deletes an `.open` segment."""
-        if self.seq is None:
+        """Delete the sealed segments before their input's position. Idempotent and cheap (one listing):
+        FnApiRunner calls it in a busy loop, Prism once per bundle. Never deletes an `.open` segment."""
+        seqs = [seq for seq, _ in self.positions.values() if seq is not None]
+        if not seqs:
             return
         with contextlib.suppress(FileNotFoundError, ValueError):
             next_seq = int((segment_dir(self.spool_dir) / NEXT_SEQ).read_text())
-            if next_seq < self.seq:  # a new spool under the old name: its segments were never read
+            if next_seq < max(seqs):  # a new spool under the old name: its segments were never read
                 if self.spool_dir not in _warned:
                     _warned.add(self.spool_dir)
                     log.error("spool: %s restarted at seq %d behind the reader's position %d: deleting nothing",
-                              self.spool_dir, next_seq, self.seq)
+                              self.spool_dir, next_seq, max(seqs))
                 return
         for segment in list_segments(self.spool_dir):
-            if segment.seq >= self.seq:
-                break
+            at = self.positions.get(segment.category, (None, 0))[0]
+            if at is None or segment.seq >= at:
+                continue
             if segment.sealed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(segment.path)
             elif str(segment.path) not in _warned:
                 _warned.add(str(segment.path))
                 log.error("spool: %s is open behind the reader's position (seq %d): its lines are not read",
-                          segment.path, self.seq)
+                          segment.path, at)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SpoolMark) and vars(self) == vars(other)
 
     def __hash__(self) -> int:
-        return hash((self.seq, self.offset))
+        return hash(tuple(sorted(self.positions.items())))
 
     def __repr__(self) -> str:
-        return f"SpoolMark(seq={self.seq}, offset={self.offset}, watermark_ms={self.watermark_ms})"
+        return f"SpoolMark({self.positions}, watermark_ms={self.watermark_ms})"
+
+
+@dataclass
+class _Input:
+    """One category's cursor: its current segment, what is buffered of it, and its event-time progress."""
+
+    category: str
+    seq: int | None
+    offset: int  # the next line to emit
+    latest_ms: int | None = None  # latest plausible event time read
+    last_data: float = field(default_factory=time.monotonic)
+    segment: Segment | None = None
+    read_to: int = 0  # the end of what is in the buffer
+    buffer: list[tuple[int, bytes]] = field(default_factory=list)
+    pos: int = 0
+    behind: bool = True  # unread data may remain (cleared when a fill finds nothing more)
+    gap: tuple[int, float] | None = None  # (the seq jumped to, when the jump was first wanted)
+
+    def __post_init__(self) -> None:
+        self.read_to = self.offset
+
+    @property
+    def buffered(self) -> bool:
+        return self.pos < len(self.buffer)
 
 
 class SpoolReader(UnboundedReader):
@@ -117,15 +206,14 @@ class SpoolReader(UnboundedReader):
     def __init__(self, source: SpoolSource, mark: SpoolMark | None) -> None:
         self._source = source
         self._ooo_ms = int(source.max_out_of_order_s * 1000)
-        self._seq = mark.seq if mark else None
-        self._offset = mark.offset if mark else 0  # the next line to emit
-        self._read_to = self._offset  # the end of what is in the buffer
+        positions = mark.positions if mark else _saved_positions(source.spool_dir)
+        latest = mark.latest if mark else {}
+        self._inputs: dict[str, _Input] = {
+            c: _Input(c, seq, offset, latest.get(c)) for c, (seq, offset) in positions.items()}
         self._watermark_ms = mark.watermark_ms if mark else None
-        self._segment: Segment | None = None  # the segment `_seq`, once found
-        self._buffer: list[tuple[int, bytes]] = []
-        self._pos = 0
-        self._gap: tuple[int, float] | None = None  # (missing seq, when first seen missing)
+        self._known: set[int] = set()  # seqs seen in a listing (for GAP_GRACE_S)
         self._last_data = time.monotonic()
+        self._last_event_ms: int | None = max(latest.values(), default=None)
         self._done = False
         self._current: LineBatch | None = None
         self._current_ts = MIN_TIMESTAMP
@@ -136,18 +224,20 @@ class SpoolReader(UnboundedReader):
         return self.advance()
 
     def advance(self) -> bool:
-        if self._pos >= len(self._buffer) and not self._fill():
-            self._on_no_data()
+        if self._done:
             return False
-        take = self._buffer[self._pos:self._pos + self._source.batch_lines]
-        self._pos += len(take)
-        self._offset = self._buffer[self._pos][0] if self._pos < len(self._buffer) else self._read_to
-        assert self._segment is not None
-        name = self._segment.name
-        lines = [line for _, line in take]
-        self._current = LineBatch(name, name, take[0][0], self._segment.category, [o for o, _ in take], lines)
-        self._current_ts = _ts(self._stamp(lines))
-        self._last_data = time.monotonic()
+        if self._drain_requested():  # buffered lines were not handed out: the position excludes them
+            self._finish_drain()
+            return False
+        ready = [i for i in self._inputs.values() if i.buffered]
+        if not ready:
+            self._fill()
+            ready = [i for i in self._inputs.values() if i.buffered]
+            if not ready:
+                self._on_no_data()
+                return False
+        source = min(ready, key=lambda i: -(2**62) if i.latest_ms is None else i.latest_ms)
+        self._emit(source)
         return True
 
     def get_current(self) -> LineBatch:
@@ -161,14 +251,40 @@ class SpoolReader(UnboundedReader):
         return MAX_TIMESTAMP if self._done else _ts(self._watermark_ms)
 
     def get_checkpoint_mark(self) -> SpoolMark:
-        return SpoolMark(self._source.spool_dir, self._seq, self._offset, self._watermark_ms)
+        return SpoolMark(self._source.spool_dir, self._positions(),
+                         {c: i.latest_ms for c, i in self._inputs.items() if i.latest_ms is not None},
+                         self._watermark_ms)
 
-    # -- event time --
+    def _positions(self) -> Positions:
+        return {c: (i.seq, i.offset) for c, i in self._inputs.items()}
 
-    def _stamp(self, lines: list[bytes]) -> int:
-        """The batch's timestamp (max event time, not below the watermark so far); then advance the watermark.
-        Unparseable and implausibly future times (beyond now + max_future_s) move neither: one bad line must
-        not push every later line behind the watermark."""
+    # -- emitting and event time --
+
+    def _emit(self, source: _Input) -> None:
+        take = source.buffer[source.pos:source.pos + self._source.batch_lines]
+        source.pos += len(take)
+        source.offset = source.buffer[source.pos][0] if source.buffered else source.read_to
+        assert source.segment is not None
+        name = source.segment.name
+        lines = [line for _, line in take]
+        watermark = self._watermark_ms
+        latest = self._latest(lines)
+        if latest is not None and (source.latest_ms is None or latest > source.latest_ms):
+            source.latest_ms = latest
+        if latest is not None and (self._last_event_ms is None or latest > self._last_event_ms):
+            self._last_event_ms = latest
+        source.last_data = self._last_data = time.monotonic()
+        self._current = LineBatch(name, name, take[0][0], source.segment.category, [o for o, _ in take], lines,
+                                  watermark_ms=watermark)
+        stamp = latest if latest is not None else (watermark if watermark is not None else int(time.time() * 1000))
+        self._current_ts = _ts(stamp if watermark is None else max(stamp, watermark))
+        self._update_watermark()
+        if source.latest_ms is not None:  # each input's own watermark, for /metrics (watermark lag per input)
+            Metrics.gauge("dpipe.input_watermark_ms", source.category).set(source.latest_ms - self._ooo_ms)
+
+    def _latest(self, lines: list[bytes]) -> int | None:
+        """The batch's latest plausible event time. Unparseable and implausibly future times (beyond now +
+        max_future_s) are ignored: one bad line must not push every later line behind the watermark."""
         limit = None
         if self._source.max_future_s is not None:
             limit = int((time.time() + self._source.max_future_s) * 1000)
@@ -177,118 +293,139 @@ class SpoolReader(UnboundedReader):
             ms = event_ms(line)
             if ms is not None and (latest is None or ms > latest) and (limit is None or ms <= limit):
                 latest = ms
-        before = self._watermark_ms
-        if latest is None:
-            return before if before is not None else int(time.time() * 1000)
-        self._advance_watermark(latest - self._ooo_ms)
-        return latest if before is None else max(latest, before)
+        return latest
+
+    def _update_watermark(self) -> None:
+        """The slowest active input's watermark; with every input idle, the idle clock (module docstring)."""
+        now = time.monotonic()
+        idle_after = self._source.idle_timeout_s
+        holders: list[int] = []
+        for i in self._inputs.values():
+            unread = i.buffered or i.behind
+            if i.latest_ms is None:
+                if unread:
+                    return  # an input not read yet holds the watermark where it is
+            elif unread or now - i.last_data < idle_after:
+                holders.append(i.latest_ms - self._ooo_ms)
+        if holders:
+            self._advance_watermark(min(holders))
+        elif self._last_event_ms is not None:
+            self._advance_watermark(self._last_event_ms - self._ooo_ms + int((now - self._last_data) * 1000))
 
     def _advance_watermark(self, ms: int) -> None:
         if self._watermark_ms is None or ms > self._watermark_ms:
             self._watermark_ms = ms
 
     def _on_no_data(self) -> None:
-        """Nothing to emit: when idle long enough with nothing unread, let the watermark follow the wall clock,
-        and end the stream after `idle_stop_s` (tests, benchmarks)."""
+        """Nothing to emit: move the watermark on (inputs may have gone idle), and end the stream after
+        `idle_stop_s` without data and nothing unread (tests, benchmarks)."""
         src = self._source
+        self._update_watermark()
         idle_for = time.monotonic() - self._last_data
-        stop = src.idle_stop_s is not None and idle_for >= src.idle_stop_s
-        if idle_for < IDLE_POLLS * src.poll_interval_s and not stop:
-            return
-        if self._unread():
-            return  # blocked behind an open segment while later ones have data: hold the watermark
-        self._advance_watermark(int(time.time() * 1000) - self._ooo_ms)
-        if stop:
+        if src.idle_stop_s is not None and idle_for >= max(src.idle_stop_s, IDLE_POLLS * src.poll_interval_s) \
+                and not any(i.behind for i in self._inputs.values()):
             self._done = True
 
-    def _unread(self) -> bool:
-        """Whether a segment after the current one holds data (the current one was just read to its end)."""
-        for segment in self._list():
-            if self._seq is None or segment.seq > self._seq:
-                with contextlib.suppress(FileNotFoundError):
-                    if segment.path.stat().st_size > 0:
-                        return True
-        return False
+    # -- clean stop --
+
+    def _drain_requested(self) -> bool:
+        return os.path.exists(os.path.join(self._source.spool_dir, DRAIN))
+
+    def _finish_drain(self) -> None:
+        """Every batch handed out so far is the last: record the position and end."""
+        positions = {c: [seq, offset] for c, (seq, offset) in self._positions().items()}
+        _write_atomic(Path(self._source.spool_dir) / READER_DIR / DRAINED, orjson.dumps(positions))
+        log.info("spool: drained at %s", positions)
+        self._done = True
 
     # -- tailing --
 
-    def _list(self) -> list[Segment]:
-        """Segments by seq, one per seq: a listing during a rename may return both names (sealed wins)."""
+    def _fill(self) -> None:
+        """Refill every input's buffer with its next complete lines; new categories become inputs."""
+        by_category: dict[str, list[Segment]] = {}
         by_seq: dict[int, Segment] = {}
-        for segment in list_segments(self._source.spool_dir):
+        for segment in list_segments(self._source.spool_dir):  # a rename may list both names: sealed wins
             if segment.seq not in by_seq or segment.sealed:
                 by_seq[segment.seq] = segment
-        return [by_seq[seq] for seq in sorted(by_seq)]
+        self._known.update(by_seq)
+        for seq in sorted(by_seq):
+            segment = by_seq[seq]
+            by_category.setdefault(segment.category, []).append(segment)
+        for category in by_category:
+            if category not in self._inputs:
+                self._inputs[category] = _Input(category, None, 0)
+        for category, state in self._inputs.items():
+            self._fill_input(state, by_category.get(category, []))
 
-    def _fill(self) -> bool:
-        """Refill the buffer with the next complete lines; False when there are none yet."""
+    def _fill_input(self, state: _Input, segments: list[Segment]) -> None:
         while True:
-            segment = self._locate()
+            segment = self._locate(state, segments)
             if segment is None:
-                return False
+                state.behind = False
+                return
             try:
-                lines, end = read_lines(segment.path, self._read_to, READ_BYTES)
+                lines, end = read_lines(segment.path, state.read_to, READ_BYTES)
             except FileNotFoundError:
                 sealed = segment.path.with_suffix(SEALED)
                 if segment.sealed or not sealed.exists():
-                    self._segment = None  # gone from under us: list again at the next poll
-                    return False
-                self._segment = Segment(segment.seq, segment.category, sealed, True)  # renamed while open
+                    state.segment = None  # gone from under us: list again at the next poll
+                    return
+                state.segment = Segment(segment.seq, segment.category, sealed, True)  # renamed while open
                 continue
             if lines:
-                self._buffer, self._pos, self._read_to = lines, 0, end
-                return True
+                state.buffer, state.pos, state.read_to, state.behind = lines, 0, end, True
+                return
             if not segment.sealed:
                 sealed = segment.path.with_suffix(SEALED)
                 if not sealed.exists():
-                    return False  # open, all read: wait for more
-                self._segment = Segment(segment.seq, segment.category, sealed, True)  # read on to its true end
+                    state.behind = False  # open, all read: wait for more
+                    return
+                state.segment = Segment(segment.seq, segment.category, sealed, True)  # read on to its true end
                 continue
-            self._check_tail(segment)
-            self._seq, self._offset, self._read_to, self._segment = segment.seq + 1, 0, 0, None
+            self._check_tail(segment, state.read_to)
+            assert state.seq is not None
+            state.seq, state.offset, state.read_to, state.segment = state.seq + 1, 0, 0, None
+            segments = [s for s in segments if s.seq >= state.seq]
 
-    def _locate(self) -> Segment | None:
-        """The segment at the reader's position, listing the spool if needed; skips a missing seq only after
-        GAP_GRACE_S (see there)."""
-        if self._segment is not None:
-            return self._segment
-        segments = self._list()
-        if self._seq is None:
-            if not segments:
-                return None
-            self._seq = segments[0].seq
-        ahead = [s for s in segments if s.seq >= self._seq]
+    def _locate(self, state: _Input, segments: list[Segment]) -> Segment | None:
+        """The segment at the input's position. Its seq is the input's `seq` or the next one of its category;
+        a jump over seqs never seen in a listing waits GAP_GRACE_S (see there)."""
+        if state.segment is not None:
+            return state.segment
+        ahead = [s for s in segments if state.seq is None or s.seq >= state.seq]
         if not ahead:
-            self._gap = None
+            state.gap = None
             return None
         first = ahead[0]
-        if first.seq != self._seq:
-            now = time.monotonic()
-            if self._gap is None or self._gap[0] != self._seq:
-                self._gap = (self._seq, now)
-                return None
-            if now - self._gap[1] < GAP_GRACE_S:
-                return None
-            log.warning("spool: segments %d..%d do not exist: skipped", self._seq, first.seq - 1)
-            self._seq, self._offset, self._read_to = first.seq, 0, 0
-        self._gap = None
-        self._segment = first
+        if state.seq is not None and first.seq != state.seq:
+            unseen = any(seq not in self._known for seq in range(state.seq, first.seq))
+            if unseen:
+                now = time.monotonic()
+                if state.gap is None or state.gap[0] != first.seq:
+                    state.gap = (first.seq, now)
+                    return None
+                if now - state.gap[1] < GAP_GRACE_S:
+                    return None
+            state.offset = state.read_to = 0  # the position's own segment is gone: it was read and deleted
+        state.gap = None
+        state.seq, state.segment = first.seq, first
         return first
 
-    def _check_tail(self, segment: Segment) -> None:
+    @staticmethod
+    def _check_tail(segment: Segment, read_to: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             size = segment.path.stat().st_size
-            if size > self._read_to:
+            if size > read_to:
                 log.warning("spool: %s ends with %d bytes without a newline: not read", segment.path,
-                            size - self._read_to)
+                            size - read_to)
 
 
 class SpoolSource(UnboundedSource):
-    """The spool as one unsplit source: every category is in one seq order, which one reader keeps."""
+    """The spool as one unsplit source (its inputs are categories, one reader keeps all their cursors)."""
 
     def __init__(self, spool_dir: str, batch_lines: int = 2000, max_out_of_order_s: float = 5.0,
                  poll_interval_s: float = 0.2, idle_stop_s: float | None = None,
-                 max_future_s: float | None = 300.0) -> None:
+                 max_future_s: float | None = 300.0, idle_timeout_s: float = 90.0) -> None:
         if batch_lines < 1:
             raise ValueError(f"batch_lines must be >= 1, got {batch_lines}")
         self.spool_dir = str(spool_dir)
@@ -297,6 +434,7 @@ class SpoolSource(UnboundedSource):
         self.poll_interval_s = poll_interval_s
         self.idle_stop_s = idle_stop_s
         self.max_future_s = max_future_s
+        self.idle_timeout_s = idle_timeout_s
 
     def split(self, desired_num_splits: int, options: Any = None) -> list[SpoolSource]:
         return [self]
@@ -317,12 +455,15 @@ class _StatsDoFn(beam.DoFn):
     def __init__(self) -> None:
         self._lines = Metrics.counter("dpipe.read", "lines_read")
         self._bytes = Metrics.counter("dpipe.read", "bytes_read")
+        self._watermark = Metrics.gauge("dpipe.read", "watermark_ms")
 
     def process(self, batch: LineBatch) -> Iterator[LineBatch | beam.pvalue.TaggedOutput]:
         n = len(batch.lines)
         nbytes = sum(map(len, batch.lines)) + n
         self._lines.inc(n)
         self._bytes.inc(nbytes)
+        if batch.watermark_ms is not None:
+            self._watermark.set(batch.watermark_ms)
         yield batch
         yield beam.pvalue.TaggedOutput(STATS, {"lines_read": n, "bytes_read": nbytes, "files_read": 0})
 
@@ -333,15 +474,16 @@ class ReadFromSpool(beam.PTransform):
 
     `idle_stop_s` (tests, benchmarks): end the stream once nothing new has come for that long and nothing is
     left unread; None = run forever. `max_future_s`: event times further ahead of the wall clock move neither
-    the watermark nor a batch's timestamp (None = trust them all).
+    the watermark nor a batch's timestamp (None = trust them all). `idle_timeout_s`: after that long without
+    data an input stops holding the watermark.
     """
 
     def __init__(self, spool_dir: str, batch_lines: int = 2000, max_out_of_order_s: float = 5.0,
                  poll_interval_s: float = 0.2, idle_stop_s: float | None = None,
-                 max_future_s: float | None = 300.0) -> None:
+                 max_future_s: float | None = 300.0, idle_timeout_s: float = 90.0) -> None:
         super().__init__()
         self._source = SpoolSource(spool_dir, batch_lines, max_out_of_order_s, poll_interval_s, idle_stop_s,
-                                   max_future_s)
+                                   max_future_s, idle_timeout_s)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         return (

@@ -45,6 +45,7 @@ from transforms.decorate import (
 )
 from transforms.funnel import FunnelSpec, StepSpec
 from transforms.geoip import default_db
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S
 from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Condition, Matcher, RouteSpec
 from transforms.statistics import StatsSpec
@@ -329,6 +330,21 @@ class ElasticsearchConfig(_Section):
         )
 
 
+class StreamConfig(_Section):
+    """Event time of unbounded runs (docs/architecture.md, "Event time"): an input (a category of the spool)
+    holds the watermark at its latest event time less `max_out_of_order` until it has been idle for
+    `idle_timeout` (longer than the slowest collector's flush interval); aggregating branches take lines up
+    to `allowed_lateness` behind the watermark (each branch may set its own) and count later ones."""
+
+    allowed_lateness: Duration = float(DEFAULT_ALLOWED_LATENESS_S)
+    idle_timeout: Duration = 90.0
+    max_out_of_order: Duration = 5.0
+
+
+LATENESS_BRANCHES = ("counters", "cardinality", "statistics", "funnels")
+"""Sections whose items take `allowed_lateness` (alarm rules take it in their `window`)."""
+
+
 class CounterConfig(_Section):
     """A buffered counter: count (and stats of `field`) per `interval` of event time, per `by` if given."""
 
@@ -338,6 +354,7 @@ class CounterConfig(_Section):
     field: DottedKey | None = None
     by: DottedKey | None = None
     index: bool = True  # also write the documents to the search cluster, when one is configured
+    allowed_lateness: Duration = float(DEFAULT_ALLOWED_LATENESS_S)
 
     @field_validator("interval")
     @classmethod
@@ -347,7 +364,7 @@ class CounterConfig(_Section):
         return value
 
     def spec(self) -> CounterSpec:
-        return CounterSpec(self.name, int(self.interval), self.field, self.by)
+        return CounterSpec(self.name, int(self.interval), self.field, self.by, self.allowed_lateness)
 
 
 class CardinalityConfig(_Section):
@@ -360,6 +377,7 @@ class CardinalityConfig(_Section):
     periods: Annotated[list[Literal["day", "week", "month"]], Field(min_length=1)] = ["day", "week", "month"]
     timezone: str = "UTC"
     lg_k: Annotated[int, Field(ge=8, le=21)] = DEFAULT_LG_K
+    allowed_lateness: Duration = float(DEFAULT_ALLOWED_LATENESS_S)
 
     @field_validator("timezone")
     @classmethod
@@ -372,7 +390,8 @@ class CardinalityConfig(_Section):
         return value
 
     def spec(self) -> CardinalitySpec:
-        return CardinalitySpec(self.name, self.field, self.by, tuple(self.periods), self.timezone, self.lg_k)
+        return CardinalitySpec(self.name, self.field, self.by, tuple(self.periods), self.timezone, self.lg_k,
+                               self.allowed_lateness)
 
 
 class StatisticsConfig(_Section):
@@ -387,6 +406,7 @@ class StatisticsConfig(_Section):
     quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.9, 0.99]
     histogram: list[float] = []
     top: Annotated[int, Field(ge=1, le=1000)] | None = None
+    allowed_lateness: Duration = float(DEFAULT_ALLOWED_LATENESS_S)
 
     @field_validator("histogram")
     @classmethod
@@ -404,7 +424,7 @@ class StatisticsConfig(_Section):
 
     def spec(self) -> StatsSpec:
         return StatsSpec(self.name, self.field, int(self.window), self.by, tuple(self.quantiles),
-                         tuple(self.histogram), self.top)
+                         tuple(self.histogram), self.top, self.allowed_lateness)
 
 
 class AlarmWindow(_Section):
@@ -413,7 +433,7 @@ class AlarmWindow(_Section):
 
     size: Duration = 300.0
     period: Duration = 60.0
-    allowed_lateness: Duration = 0.0
+    allowed_lateness: Duration = float(DEFAULT_ALLOWED_LATENESS_S)
 
     @model_validator(mode="after")
     def _fits(self) -> AlarmWindow:
@@ -565,7 +585,7 @@ class FunnelConfig(_Section):
     order: Literal["any", "strict"] = "any"
     dimensions: list[DottedKey] = []
     period: Literal["day", "week", "month"] = "day"
-    allowed_lateness: Duration = 0.0
+    allowed_lateness: Duration = float(DEFAULT_ALLOWED_LATENESS_S)
 
     def spec(self) -> FunnelSpec:
         steps = tuple(
@@ -593,6 +613,30 @@ class JobConfig(_Section):
     behaviour: list[BehaviourConfig] = []
     funnels: list[FunnelConfig] = []
     gateway: GatewaySettings = GatewaySettings()  # the HTTP gateway of `pipelines.stream` / `pipelines.gateway`
+    stream: StreamConfig = StreamConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_lateness(cls, data: Any) -> Any:
+        """`stream.allowed_lateness` is every branch's default: filled in where a branch does not set its own."""
+        stream = data.get("stream") if isinstance(data, dict) else None
+        lateness = stream.get("allowed_lateness") if isinstance(stream, dict) else None
+        if lateness is None:
+            return data
+        data = dict(data)
+        for section in LATENESS_BRANCHES:
+            items = data.get(section)
+            if isinstance(items, list):
+                data[section] = [{"allowed_lateness": lateness, **i} if isinstance(i, dict) else i for i in items]
+        alarms = data.get("alarms")
+        if isinstance(alarms, dict) and isinstance(alarms.get("rules"), list):
+            rules = []
+            for rule in alarms["rules"]:
+                if isinstance(rule, dict) and isinstance(rule.get("window", {}), dict):
+                    rule = {**rule, "window": {"allowed_lateness": lateness, **rule.get("window", {})}}
+                rules.append(rule)
+            data["alarms"] = {**alarms, "rules": rules}
+        return data
 
     @model_validator(mode="after")
     def _funnels_read_behaviour(self) -> JobConfig:

@@ -5,7 +5,7 @@ A realistic, deterministic ALS archive for demos, tests and benchmarks, with its
 Writes `DIR/logs/` (one file per category and day, named like the original's: `pv_20140117230103_1[.gz]` for
 history, `pv.0.log` for the live last day) and `DIR/manifest.json`, which records what was built in:
 
-- categories and shapes of the original (DESIGN §8): dau (uid/date/ip, ms timestamps); pv with a nested
+- categories and shapes of the original dpipe: dau (uid/date/ip, ms timestamps); pv with a nested
   `_log_info` (uid, level, ip, host, uri, elapsed...); payment with `data.amount` in minor units and
   `data.currency`; session enter/exit; error and mongo_err messages with ids and tokens inside; phperror with
   host/msg (second timestamps); click with the funnel's actions;

@@ -1,7 +1,7 @@
 """The one pipeline definition: raw lines in, every sink out. Bounded or unbounded is the caller's business.
 
-`backfill.py` (and later `stream.py`) only choose the source, the options and the runner; every branch the
-later issues add (decoration, routing, index, alarms, ...) is wired here, once.
+`backfill.py` and `stream.py` only choose the source, the options and the runner; every branch (decoration,
+routing, the archive, the analyses, the index) is wired here, once (docs/architecture.md, "Data flow").
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ class UsageError(Exception):
 
 def beam_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
     """PipelineOptions from the arguments dpipe did not consume; unknown flags are an error, not a warning."""
+    from pipelines import cluster  # here, not at the top: it imports UsageError; it declares Flink's options
+
+    cluster.check_flink_version(beam_args)
     known = set(PipelineOptions([]).get_all_options())
     given = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)
     unknown = sorted(set(given) - known)
@@ -34,6 +37,7 @@ def beam_options(beam_args: list[str], workers: int | None = None) -> PipelineOp
         direct = options.view_as(DirectOptions)
         direct.direct_num_workers = workers
         direct.direct_running_mode = "multi_processing" if workers > 1 else "in_memory"
+    cluster.check_flink(options)
     return options
 
 

@@ -6,9 +6,13 @@ subscription. Outputs are the configured sinks; the embedded file sinks publish 
 
 Runners: Prism (Beam's Go runner, built by `make tools`) for the spool: it fires windows, triggers and timers
 while the source runs. Beam's Python Pub/Sub IO runs on the Python DirectRunner (and Dataflow), not on Prism
-or Flink, so `--source pubsub` picks the DirectRunner. Stop with Ctrl-C or SIGTERM: the pipeline is
-cancelled and the gateway drains; lines the gateway acknowledged stay in the spool until the source's
-checkpoint covering them is finalized, so a restart goes on where the last one stopped.
+or Flink, so `--source pubsub` picks the DirectRunner. Prism runs as a child of its own process group, so
+a Ctrl-C to the terminal's group reaches this process only, which stops everything in order.
+
+Stop with Ctrl-C or SIGTERM (runbooks/streaming.md): the spool source stops at a batch boundary and records
+its position, the runner finishes every bundle in flight, the gateway drains; the next start goes on from that
+position, so nothing is lost or read twice. A second signal, or no clean end within `STOP_SECONDS`, cancels
+the job instead: lines stay in the spool from the last finalized checkpoint on and are read again.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -27,6 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from connectors.archives import InputError
 from pipelines import graph
+from pipelines.cluster import check_stream
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.options import UsageError, beam_options, setup_logging
 from transforms.category import camel_case
@@ -35,6 +43,8 @@ from transforms.event import LineBatch
 log = logging.getLogger("dpipe.stream")
 ROOT = Path(__file__).resolve().parent.parent
 PRISM = ROOT / ".tools" / "bin" / "prism"
+STOP_SECONDS = 8.0
+"""A clean stop waits this long for the job to finish its bundles (systemd's default stop timeout is 90 s)."""
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -52,20 +62,71 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def stream_options(beam_args: list[str], source: str) -> PipelineOptions:
+def stream_options(beam_args: list[str], source: str, job_endpoint: str | None = None) -> PipelineOptions:
     """--streaming, and a local runner that can run this source (pinned: nothing is downloaded)."""
     args = list(beam_args)
     if not any(a.startswith("--runner") for a in args):
         if source == "pubsub":
             args.append("--runner=DirectRunner")
         else:
-            if not PRISM.is_file():
-                raise UsageError(f"{PRISM} is missing: run `make tools` (builds Beam's Prism runner with Go)")
-            args += ["--runner=PrismRunner", f"--prism_location={PRISM}", "--environment_type=LOOPBACK",
-                     "--prism_log_level=warn"]
+            args += ["--runner=PrismRunner", f"--prism_location={PRISM}", "--prism_log_level=warn"]
+            if not any(a.startswith("--environment_type") for a in args):
+                args.append("--environment_type=LOOPBACK")  # else a worker pool of the user's (EXTERNAL)
+            if job_endpoint:
+                args.append(f"--job_endpoint={job_endpoint}")
     options = beam_options(args)
     options.view_as(StandardOptions).streaming = True
     return options
+
+
+def uses_local_prism(beam_args: list[str], source: str) -> bool:
+    return source == "spool" and not any(a.startswith(("--runner", "--job_endpoint")) for a in beam_args)
+
+
+class LocalPrism:
+    """Prism as this process's child in a process group of its own (a Ctrl-C to the terminal does not kill it
+    before the job has stopped), on a free port, stopped by PID."""
+
+    def __init__(self, log_path: Path) -> None:
+        if not PRISM.is_file():
+            raise UsageError(f"{PRISM} is missing: run `make tools` (builds Beam's Prism runner with Go)")
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._proc = subprocess.Popen(
+            [str(PRISM), "--job_port", str(self.port), "--serve_http=false", "--log_level", "warn"],
+            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        log_path.with_suffix(".pid").write_text(str(self._proc.pid))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise UsageError(f"Prism did not start: see {log_path}") from None
+                time.sleep(0.05)
+
+    @property
+    def endpoint(self) -> str:
+        return f"localhost:{self.port}"
+
+    def dead(self) -> int | None:
+        """Prism's exit code once it has died, else None."""
+        return self._proc.poll()
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
 
 def pubsub_batch(message: beam.io.PubsubMessage) -> LineBatch:
@@ -76,7 +137,7 @@ def pubsub_batch(message: beam.io.PubsubMessage) -> LineBatch:
     return LineBatch(source, source, 0, camel_case(category) if category else None, [0], [message.data], error)
 
 
-def read_lines(pipeline: beam.Pipeline, args: argparse.Namespace, spool: Path) -> beam.PCollection:
+def read_lines(pipeline: beam.Pipeline, args: argparse.Namespace, spool: Path, job: JobConfig) -> beam.PCollection:
     if args.source == "pubsub":
         if not args.subscription:
             raise UsageError("--source pubsub needs --subscription projects/P/subscriptions/S")
@@ -85,7 +146,10 @@ def read_lines(pipeline: beam.Pipeline, args: argparse.Namespace, spool: Path) -
                 | "AsLines" >> beam.Map(pubsub_batch))
     from connectors.spool_source import ReadFromSpool
 
-    read = pipeline | "ReadFromSpool" >> ReadFromSpool(str(spool), idle_stop_s=args.idle_stop)
+    conf = job.stream
+    read = pipeline | "ReadFromSpool" >> ReadFromSpool(
+        str(spool), idle_stop_s=args.idle_stop, max_out_of_order_s=conf.max_out_of_order,
+        idle_timeout_s=conf.idle_timeout)
     return read.lines | "Categories" >> beam.Map(camel_category)
 
 
@@ -96,45 +160,150 @@ def camel_category(batch: LineBatch) -> LineBatch:
 
 def build_stream(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace, spool: Path,
                  run: graph.RunContext) -> None:
-    graph.build(read_lines(pipeline, args, spool), job, run)
+    graph.build(read_lines(pipeline, args, spool, job), job, run)
 
 
 def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     job = load_config(args.config)
-    options = stream_options(beam_args, args.source)
-    FileSystems.set_options(options)
     spool = Path(args.spool or job.gateway.spool or Path(args.output).parent / "spool")
+    prism = LocalPrism(Path(args.output) / "_stream" / "prism.log") if uses_local_prism(beam_args, args.source) \
+        else None
     gateway = None
-    if args.source == "spool" and not args.no_gateway:
-        from pipelines.gateway import GatewayThread
-
-        port = {"port": args.port} if args.port is not None else {}
-        settings = job.gateway.model_copy(update={"spool": spool, **port})
-        try:
-            gateway = GatewayThread(settings).start()
-        except RuntimeError as err:  # the port is taken, the spool is in use or not writable
-            raise UsageError(str(err)) from None
-        print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
-    run = graph.RunContext.new(args.output)
-    pipeline = beam.Pipeline(options=options)
-    build_stream(pipeline, job, args, spool, run)
-    result = pipeline.run()
-    print(f"dpipe stream: running on {options.view_as(StandardOptions).runner}, output {args.output}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        while not stop.wait(1.0):  # poll the state: the portable runner's wait_until_finish cannot be repeated
-            if str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
-                break
+        options = stream_options(beam_args, args.source, prism.endpoint if prism else None)
+        check_stream(options, args.source, str(spool))
+        FileSystems.set_options(options)
+        if args.source == "spool" and not args.no_gateway:
+            gateway = start_gateway(args.config, spool, args.port)
+        return supervise(beam.Pipeline(options=options), job, args, spool, prism)
     finally:
-        if stop.is_set():
-            result.cancel()
         if gateway is not None:
+            print("dpipe stream: stopping the gateway", flush=True)
             gateway.stop()
-    final = str(result.state)
-    print(f"dpipe stream: {final.lower()}", flush=True)
-    return 1 if "FAILED" in final else 0
+        if prism is not None:
+            prism.stop()
+
+
+class GatewayProcess:
+    """The gateway (`python -m pipelines.gateway`) as a child process in a group of its own: it does not share
+    the SDK worker's GIL, a Ctrl-C to the terminal reaches only this process, and it is stopped (SIGTERM: it
+    drains, then seals its segments) after the job. Its output goes on to this process's stdout."""
+
+    def __init__(self, config: str | None, spool: Path, port: int | None) -> None:
+        command = [sys.executable, "-m", "pipelines.gateway", "--spool", str(spool)]
+        command += ["--config", config] if config else []
+        command += ["--port", str(port)] if port is not None else []
+        self._proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        assert self._proc.stdout is not None
+        last = b""
+        for line in self._proc.stdout:
+            found = re.search(rb"listening on (http://[^\s,]+)", line)
+            if found:
+                self.url = found.group(1).decode()
+                break
+            last = line or last
+        else:
+            self._proc.wait()
+            raise UsageError(f"the gateway did not start: {last.decode(errors='replace').strip()}")
+        threading.Thread(target=self._forward, daemon=True, name="gateway-output").start()
+
+    def _forward(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def start_gateway(config: str | None, spool: Path, port: int | None) -> GatewayProcess:
+    gateway = GatewayProcess(config, spool, port)
+    print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
+    return gateway
+
+
+def _finished(state: str) -> bool:
+    return state.endswith(("DONE", "FAILED", "CANCELLED"))
+
+
+def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace, spool: Path,
+              prism: LocalPrism | None) -> int:
+    """Run the job until it ends or a signal stops it (module docstring): one line per step, no traceback."""
+    from connectors.spool_source import commit_drain, drained, request_drain, reset_drain
+
+    if args.source == "spool":
+        reset_drain(spool)
+    run = graph.RunContext.new(args.output)
+    build_stream(pipeline, job, args, spool, run)
+    signals: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: signals.append(signum))
+    threading.excepthook = _quiet_excepthook
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RunnerGone())
+    result = pipeline.run()
+    runner = pipeline.options.view_as(StandardOptions).runner or "PrismRunner"
+    print(f"dpipe stream: running on {runner}, output {args.output}", flush=True)
+    stop_at = None
+    try:
+        while True:
+            time.sleep(0.2)  # poll: the portable runner's wait_until_finish cannot be repeated
+            if prism is not None and prism.dead() is not None:
+                print(f"dpipe stream: the runner (Prism) died with exit code {prism.dead()}: see "
+                      f"{prism.log_path}", file=sys.stderr, flush=True)
+                return 1
+            state = str(result.state)
+            if _finished(state):
+                break
+            if signals and stop_at is None:
+                stop_at = time.monotonic() + STOP_SECONDS
+                if args.source == "spool":
+                    print("dpipe stream: stopping: the source stops at the next batch, bundles in flight finish",
+                          flush=True)
+                    request_drain(spool)
+                else:
+                    stop_at = time.monotonic()
+            if stop_at is not None and (len(signals) > 1 or time.monotonic() >= stop_at):
+                print("dpipe stream: cancelling the job: unfinished lines are read again at the next start",
+                      flush=True)
+                result.cancel()
+                stop_at = float("inf")
+    except Exception as err:  # the job service went away under us: one line, not a traceback
+        print(f"dpipe stream: lost the runner: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+              file=sys.stderr, flush=True)
+        return 1
+    final = str(result.state).rsplit(".", 1)[-1].lower()
+    if args.source == "spool" and drained(spool) and final == "done":
+        commit_drain(spool)
+        print("dpipe stream: stopped cleanly; the next start goes on from here", flush=True)
+    print(f"dpipe stream: {final}", flush=True)
+    return 1 if final == "failed" else 0
+
+
+def _quiet_excepthook(hook: threading.ExceptHookArgs) -> None:
+    """The runner's client threads fail loudly when the runner goes away: the supervisor says it in one line."""
+    log.debug("%s in thread %s: %s", hook.exc_type.__name__, hook.thread.name if hook.thread else "?",
+              hook.exc_value)
+
+
+class _RunnerGone(logging.Filter):
+    """Drops the SDK worker's tracebacks of a connection to the runner that closed (the runner died or the
+    job ended): `supervise` reports that once, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import grpc
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, grpc.RpcError) and error.code() in (
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Every rule and error of the ALS line parser, table-driven (DESIGN §4)."""
+"""Every rule and error of the ALS line parser, table-driven (docs/architecture.md, "The ALS line")."""
 
 from __future__ import annotations
 

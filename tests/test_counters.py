@@ -57,7 +57,8 @@ def test_pre_aggregate_by_key_and_interval_reads_decorations() -> None:
         ev(t0 + 10, "us", {}, {"_usd": 1.5}), ev(t0 + 3599, "us", {}, {"_usd": 2.5}),
         ev(t0 + 3600, "us", {}, {"_usd": 4.0}), ev(t0 + 20, "fr", {}, {}),
     ])
-    parts = pre_aggregate(batch, spec, reader("_usd"), reader("area"))
+    parts, late = pre_aggregate(batch, spec, reader("_usd"), reader("area"))
+    assert late == 0
     assert sorted(parts) == [("fr", t0 * 1000), ("us", t0 * 1000), ("us", (t0 + 3600) * 1000)]
     doc = counter_document(spec, "us", t0 * 1000, parts[("us", t0 * 1000)], IndexNamer("rs", "@ym"))
     assert {k: doc[k] for k in ("count", "values", "sum", "mean", "min", "max", "start", "_index")} == {

@@ -83,17 +83,26 @@ def test_event_ms_reads_the_second_field_cheaply() -> None:
     assert event_ms(b"garbage") is None
 
 
-def test_reads_every_line_once_in_seq_order_as_named_batches(tmp_path: Path) -> None:
+def by_input(batches: list[LineBatch]) -> dict[str, list[tuple[str, int, bytes]]]:
+    out: dict[str, list[tuple[str, int, bytes]]] = {}
+    for entry in flat(batches):
+        out.setdefault(entry[0].split(".", 1)[1], []).append(entry)
+    return out
+
+
+def test_reads_every_line_once_each_input_in_seq_order_as_named_batches(tmp_path: Path) -> None:
     write_segment(tmp_path, 3, "pv", [als(NOW_S, i) for i in range(7)])
     write_segment(tmp_path, 4, "mongoErr", [als(NOW_S, i, "fr") for i in range(2)])
     write_segment(tmp_path, 5, "pv", [als(NOW_S, i) for i in range(4)], sealed=False)
     batches = drain(reader(tmp_path, batch_lines=3), started=False)
-    assert flat(batches) == spool_lines(tmp_path)
+    assert sorted(flat(batches)) == sorted(spool_lines(tmp_path))
+    assert by_input(batches) == by_input([b for b in batches if b.category == "pv"] +
+                                         [b for b in batches if b.category == "mongoErr"])
+    assert by_input(batches)["pv"] == [e for e in spool_lines(tmp_path) if e[0].endswith(".pv")]
     n = len(als(NOW_S, 0)) + 1  # bytes per line
-    assert [(b.source, b.seq, b.category, len(b.lines)) for b in batches] == [
+    assert [(b.source, b.seq, b.category, len(b.lines)) for b in batches if b.category == "pv"] == [
         ("0000000000000003.pv", 0, "pv", 3), ("0000000000000003.pv", 3 * n, "pv", 3),
         ("0000000000000003.pv", 6 * n, "pv", 1),
-        ("0000000000000004.mongoErr", 0, "mongoErr", 2),
         ("0000000000000005.pv", 0, "pv", 3), ("0000000000000005.pv", 3 * n, "pv", 1),
     ]
     assert all(b.shard == b.source and b.seq == b.offsets[0] and b.category_error is None for b in batches)
@@ -114,17 +123,40 @@ def test_tails_appends_and_follows_the_rename_to_sealed(tmp_path: Path) -> None:
     assert [b.source for b in got][-1] == "0000000000000001.pv"
 
 
-def test_waits_at_an_open_segment_even_when_later_ones_have_data(tmp_path: Path) -> None:
-    first = write_segment(tmp_path, 0, "pv", [als(NOW_S, 0)], sealed=False)
+def test_an_open_segment_of_one_input_holds_back_no_other(tmp_path: Path) -> None:
+    write_segment(tmp_path, 0, "pv", [als(NOW_S, 0)], sealed=False)
     write_segment(tmp_path, 1, "mongoErr", [als(NOW_S, 1)])
     r = reader(tmp_path, poll_interval_s=0.01)
-    assert len(drain(r, started=False)) == 1
-    time.sleep(0.05)
-    assert not r.advance()
-    # blocked, not idle: the watermark must not jump to the wall clock past segment 1's unread lines
+    assert sorted(b.source for b in drain(r, started=False)) == ["0000000000000000.pv", "0000000000000001.mongoErr"]
+
+
+def test_the_slowest_active_input_holds_the_watermark_until_it_is_idle(tmp_path: Path) -> None:
+    write_segment(tmp_path, 0, "pv", [als(NOW_S - 1, 0)], sealed=False)
+    write_segment(tmp_path, 1, "mongoErr", [als(NOW_S - 600, 1)], sealed=False)  # a collector 10 min behind
+    r = reader(tmp_path, max_out_of_order_s=5, idle_timeout_s=0.3, poll_interval_s=0.01)
+    drain(r, started=False)
+    assert r.get_watermark() == Timestamp(NOW_S - 605)
+    pv = segment_dir(tmp_path) / "0000000000000000.pv.open"
+    deadline = time.monotonic() + 30
+    while r.get_watermark() == Timestamp(NOW_S - 605):  # pv keeps delivering, mongoErr goes quiet
+        assert time.monotonic() < deadline, "the idle input still holds the watermark"
+        append(pv, als(NOW_S, 2) + b"\n")
+        drain(r)
     assert r.get_watermark() == Timestamp(NOW_S - 5)
-    first.rename(first.with_suffix(".seg"))
-    assert [b.source for b in drain(r)] == ["0000000000000001.mongoErr"]
+    append(segment_dir(tmp_path) / "0000000000000001.mongoErr.open", als(NOW_S - 590, 3) + b"\n")
+    late = drain(r)
+    assert [b.category for b in late] == ["mongoErr"] and late[0].watermark_ms == (NOW_S - 5) * 1000
+
+
+def test_a_backlog_is_read_furthest_behind_first(tmp_path: Path) -> None:
+    for seq in range(6):  # pv's segments are written first, errors' later, each covering the same hour
+        category = "pv" if seq < 3 else "error"
+        write_segment(tmp_path, seq, category, [als(NOW_S - 3600 + 1200 * (seq % 3) + i, i) for i in range(3)])
+    r = reader(tmp_path, max_out_of_order_s=0, batch_lines=3, idle_timeout_s=60)
+    batches = drain(r, started=False)
+    assert [b.category for b in batches] == ["pv", "error", "pv", "error", "pv", "error"]
+    behind = [b.watermark_ms for b in batches]
+    assert behind == sorted(behind, key=lambda w: -1 if w is None else w)  # never goes back
 
 
 def test_a_missing_seq_is_skipped_only_after_the_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +165,7 @@ def test_a_missing_seq_is_skipped_only_after_the_grace(tmp_path: Path, monkeypat
     write_segment(tmp_path, 2, "pv", [als(NOW_S, 2)])  # seq 1: a crash between taking it and creating it
     r = reader(tmp_path)
     assert [b.source for b in drain(r, started=False)] == ["0000000000000000.pv"]
-    assert r.get_checkpoint_mark().seq == 1
+    assert r.get_checkpoint_mark().positions == {"pv": (1, 0)}
     write_segment(tmp_path, 1, "pv", [als(NOW_S, 1)])  # a listing had missed it: it must still be read
     assert [b.source for b in drain(r)] == ["0000000000000001.pv", "0000000000000002.pv"]
     write_segment(tmp_path, 5, "pv", [als(NOW_S, 5)])
@@ -147,7 +179,7 @@ def test_a_reader_from_a_checkpoint_resumes_exactly(tmp_path: Path) -> None:
     write_segment(tmp_path, 1, "mongoErr", [als(NOW_S + i, i) for i in range(10, 13)])
     open_path = write_segment(tmp_path, 2, "pv", [als(NOW_S + i, i) for i in range(13, 18)], sealed=False)
     source = SpoolSource(str(tmp_path), batch_lines=4)
-    expected = spool_lines(tmp_path)
+    expected = sorted(spool_lines(tmp_path))
     total = len(drain(source.create_reader(None, None), started=False))
     for cut in range(total + 1):  # every cut point: mid-buffer, at segment ends, at the very end
         first = source.create_reader(None, None)
@@ -155,7 +187,7 @@ def test_a_reader_from_a_checkpoint_resumes_exactly(tmp_path: Path) -> None:
         mark = roundtrip(source, first.get_checkpoint_mark())
         second = source.create_reader(None, mark)
         after = drain(second, started=False)
-        assert flat(before) + flat(after) == expected, cut
+        assert sorted(flat(before) + flat(after)) == expected, cut
         assert second.get_watermark() >= first.get_watermark()
     # a mark taken at the end of the open segment resumes with what is appended and sealed later
     end = source.create_reader(None, None)
@@ -167,20 +199,37 @@ def test_a_reader_from_a_checkpoint_resumes_exactly(tmp_path: Path) -> None:
         als(NOW_S + 18, 18)]
 
 
+def test_a_drained_reader_records_its_position_and_the_next_one_starts_there(tmp_path: Path) -> None:
+    write_segment(tmp_path, 0, "pv", [als(NOW_S, i) for i in range(10)], sealed=False)
+    write_segment(tmp_path, 1, "mongoErr", [als(NOW_S, i) for i in range(10, 13)])
+    first = reader(tmp_path, batch_lines=4)
+    before = drain(first, started=False, limit=2)
+    spool_source.request_drain(tmp_path)
+    assert not first.advance() and first.get_watermark() == MAX_TIMESTAMP
+    assert spool_source.drained(tmp_path)
+    spool_source.commit_drain(tmp_path)  # what pipelines.stream does once the job has finished
+    after = drain(reader(tmp_path, batch_lines=4), started=False)
+    assert sorted(flat(before) + flat(after)) == sorted(spool_lines(tmp_path))
+    spool_source.request_drain(tmp_path)
+    spool_source.reset_drain(tmp_path)  # a stop that never finished is void at the next start
+    assert drain(reader(tmp_path, batch_lines=4), started=False) == after
+
+
 def test_finalize_deletes_sealed_segments_before_the_position_never_an_open_one(tmp_path: Path) -> None:
     paths = [write_segment(tmp_path, 0, "pv", [b"a"]), write_segment(tmp_path, 1, "pv", [b"b"], sealed=False),
              write_segment(tmp_path, 2, "mongoErr", [b"c"]), write_segment(tmp_path, 3, "pv", [b"d"]),
              write_segment(tmp_path, 4, "pv", [b"e"], sealed=False)]
-    SpoolMark(str(tmp_path), None, 0, None).finalize_checkpoint()
+    SpoolMark(str(tmp_path), {}, {}, None).finalize_checkpoint()
+    SpoolMark(str(tmp_path), {"pv": (None, 0)}, {}, None).finalize_checkpoint()
     assert all(p.exists() for p in paths)
-    mark = SpoolMark(str(tmp_path), 3, 1, None)
+    mark = SpoolMark(str(tmp_path), {"pv": (3, 1), "mongoErr": (3, 0)}, {}, None)
     mark.finalize_checkpoint()
     mark.finalize_checkpoint()  # idempotent
     assert [p.exists() for p in paths] == [False, True, False, True, True]
     (segment_dir(tmp_path) / "next_seq").write_text("5")
-    SpoolMark(str(tmp_path), 9, 0, None).finalize_checkpoint()  # the spool was reset behind the position
+    SpoolMark(str(tmp_path), {"pv": (9, 0)}, {}, None).finalize_checkpoint()  # the spool was reset behind it
     assert [p.exists() for p in paths] == [False, True, False, True, True]
-    SpoolMark(str(tmp_path), 5, 0, None).finalize_checkpoint()
+    SpoolMark(str(tmp_path), {"pv": (5, 0)}, {}, None).finalize_checkpoint()
     assert [p.exists() for p in paths] == [False, True, False, False, True]
     assert (segment_dir(tmp_path) / "next_seq").exists()
 
@@ -189,25 +238,27 @@ def test_event_time_batches_never_behind_the_watermark(tmp_path: Path) -> None:
     base = NOW_S - 100
     write_segment(tmp_path, 0, "pv", [als(base + 10, 0), als(base + 20, 1), b"us,bad,{}", als(base + 15, 2),
                                       b"no timestamp", als(base + 3, 3), als(NOW_S + 3600, 4), als(base + 21, 5)])
-    r = reader(tmp_path, batch_lines=2, max_out_of_order_s=5, poll_interval_s=0.05, idle_stop_s=0.3)
+    r = reader(tmp_path, batch_lines=2, max_out_of_order_s=5, poll_interval_s=0.05, idle_stop_s=0.6,
+               idle_timeout_s=0.3)
     assert r.get_watermark() == MIN_TIMESTAMP
     seen = []
     for k in range(4):
         assert r.advance() if k else r.start()
-        seen.append((r.get_current_timestamp(), r.get_watermark()))
+        seen.append((r.get_current_timestamp(), r.get_watermark(), r.get_current().watermark_ms))
     assert seen == [
-        (Timestamp(base + 20), Timestamp(base + 15)),  # max of the batch; watermark = max - 5 s
-        (Timestamp(base + 15), Timestamp(base + 15)),  # "bad" moves nothing
-        (Timestamp(base + 15), Timestamp(base + 15)),  # older than the watermark: stamped at it, not behind
-        (Timestamp(base + 21), Timestamp(base + 16)),  # an hour ahead of the clock: ignored (max_future_s)
+        (Timestamp(base + 20), Timestamp(base + 15), None),  # max of the batch; watermark = max - 5 s
+        (Timestamp(base + 15), Timestamp(base + 15), (base + 15) * 1000),  # "bad" moves nothing
+        (Timestamp(base + 15), Timestamp(base + 15), (base + 15) * 1000),  # older: stamped at the watermark
+        (Timestamp(base + 21), Timestamp(base + 16), (base + 15) * 1000),  # an hour ahead: ignored (max_future_s)
     ]
     assert not r.advance()
     assert r.get_watermark() == Timestamp(base + 16)  # not idle yet
-    time.sleep(0.12)
+    last = time.monotonic()
+    time.sleep(0.35)
     assert not r.advance()
-    idle = r.get_watermark()  # idle: the wall clock minus max_out_of_order_s
-    assert Timestamp(time.time() - 6) < idle <= Timestamp(time.time() - 5)
-    time.sleep(0.2)
+    idle = r.get_watermark()  # idle: event time goes on at the wall clock's pace from the latest line
+    assert Timestamp(base + 16.3) <= idle <= Timestamp(base + 16 + time.monotonic() - last)
+    time.sleep(0.3)
     assert not r.advance()
     assert r.get_watermark() == MAX_TIMESTAMP  # idle_stop_s
 
@@ -215,7 +266,7 @@ def test_event_time_batches_never_behind_the_watermark(tmp_path: Path) -> None:
 def test_an_empty_spool_starts_at_the_first_segment_that_appears(tmp_path: Path) -> None:
     r = reader(tmp_path)
     assert not r.start()
-    assert r.get_checkpoint_mark().seq is None
+    assert r.get_checkpoint_mark().positions == {}
     write_segment(tmp_path, 42, "pv", [als(NOW_S, 0)], sealed=False)
     assert [b.source for b in drain(r)] == ["0000000000000042.pv"]
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -104,11 +104,17 @@ def stopped() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_gateway_spool_stream_archive_and_alarm_survive_a_killed_gateway(tmp_path: Path, stopped) -> None:
+    check_killed_gateway_case(tmp_path, stopped)
+
+
+def check_killed_gateway_case(tmp_path: Path, stopped: list[subprocess.Popen[bytes]],
+                              beam_args: Sequence[str] = ()) -> None:
+    """The end-to-end case, on the default runner or on the one `beam_args` name (tests/test_cluster_shape.py)."""
     spool, out = tmp_path / "spool", tmp_path / "out"
     (tmp_path / "job.yaml").write_text(JOB)
     stream_log, gw_log = tmp_path / "stream.log", tmp_path / "gateway.log"
     stream = start(["pipelines.stream", "--output", str(out), "--config", str(tmp_path / "job.yaml"),
-                    "--spool", str(spool), "--no_gateway"], stream_log)
+                    "--spool", str(spool), "--no_gateway", *beam_args], stream_log)
     stopped.append(stream)
     gateway = start(["pipelines.gateway", "--spool", str(spool), "--port", "0"], gw_log)
     stopped.append(gateway)

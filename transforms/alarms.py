@@ -7,12 +7,14 @@ distinct values) and compares each window with a threshold (>=, >, <=, <) or wit
 cools down per (rule, key) for `cooldown` of event time, so one spike is one alarm, not one per overlapping
 window. Everything is in event time: a backfill raises the alarms a live run would have raised.
 
-A bounded run evaluates each key's windows in time order once its input ends. An unbounded run keeps each
-(rule, key)'s open windows in keyed state and evaluates them as partial counts arrive (every bundle): a rule
-whose value only grows (count or distinct, with >=, > or an abnormal rise) fires as soon as a window crosses,
-within a bundle of the crossing; the others (sum, mean, <=, <) when the watermark passes the window's end.
-Partials up to `lateness` behind a window's end still count (and may fire it late); later ones are dropped
-and counted. With events in time order both give the same alarms (tested).
+A bounded run evaluates each key's windows in time order once its input ends. An unbounded run puts each
+partial into its sliding window (transforms/lateness.py): the runner keeps the window and fires a pane every
+second while it is open, at the watermark, and per late partial; each (rule, key) keeps its windows' latest
+panes in one keyed state cell and evaluates them as the bounded run does. A rule whose value only grows
+(count or distinct, with >=, > or an abnormal rise) fires at the first pane after the crossing; the others
+(sum, mean, <=, <) once the window has closed. Notifications go out once, at the first firing; a closed
+window whose value changed is re-emitted with a higher `revision` under the same `_id`. Lines later than
+`lateness` are counted (`dpipe.late/alarms/<rule>`) and left out. Tested: the same alarms as the bounded run.
 """
 
 from __future__ import annotations
@@ -28,15 +30,13 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.coders import coders
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate, window
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.utils.timestamp import Timestamp
-from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from transforms.counters import reader
 from transforms.decorate import fingerprint
 from transforms.event import MISSING, Event, EventBatch, decode_raw
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
 from transforms.route import Matcher
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -62,7 +62,7 @@ class RuleSpec:
     severity: int = 3
     cooldown_s: int = 0
     samples: int = 3
-    lateness_s: int = 0
+    lateness_s: int = DEFAULT_ALLOWED_LATENESS_S
 
     @property
     def fires_early(self) -> bool:
@@ -144,13 +144,16 @@ beam.coders.registry.register_coder(Windows, coders.PickleCoder)
 
 
 class _PartialsDoFn(beam.DoFn):
-    """One accumulator per (rule, key, window start) per bundle (emitted early past `max_slots`)."""
+    """One accumulator per (rule, key, window start) per bundle (emitted early past `max_slots`). Bounded: one
+    element per (rule, key) with all its windows; unbounded (`per_window`): one per window, in that window's
+    event time, leaving out (and counting) events of windows closed for their batch (transforms/lateness.py)."""
 
-    def __init__(self, rules: list[RuleSpec], max_slots: int = 200_000) -> None:
-        self._rules, self._max_slots = rules, max_slots
+    def __init__(self, rules: list[RuleSpec], max_slots: int = 200_000, per_window: bool = False) -> None:
+        self._rules, self._max_slots, self._per_window = rules, max_slots, per_window
 
     def setup(self) -> None:
         self._selectors = [_Selector(r) for r in self._rules]
+        self._late = {r.name: Late(f"alarms/{r.name}") for r in self._rules}
 
     def start_bundle(self) -> None:
         self._parts: dict[tuple, Acc] = {}
@@ -160,25 +163,39 @@ class _PartialsDoFn(beam.DoFn):
         for selector in self._selectors:
             rule = selector.rule
             size, period = rule.size_s * 1000, rule.period_s * 1000
+            closed = cutoff(batch.watermark_ms, rule.lateness_s * 1000)
+            late = 0
             for event in batch.events:
                 picked = selector.select(event)
                 if picked is None:
                     continue
                 key, value = picked
-                for start in window_starts(event.ts, size, period):
+                starts = window_starts(event.ts, size, period)
+                if closed is not None and starts[-1] + size <= closed:
+                    late += 1  # even its last window is closed
+                for start in starts:
+                    if closed is not None and start + size <= closed:
+                        continue
                     slot = (rule.name, key, start)
                     acc = parts.get(slot, EMPTY)
                     sample = decode_raw(event.raw) if len(acc[4]) < rule.samples else None
                     parts[slot] = add(acc, value, sample, rule)
+            self._late[rule.name].add(late)
         if len(parts) >= self._max_slots:
             yield from self._emit()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
+        for late in self._late.values():
+            late.flush()
         yield from self._emit()
 
     def _emit(self) -> Iterator[WindowedValue]:
         """One element per (rule, key) with all its windows: Beam pays per element, so not one per window."""
         parts, self._parts = self._parts, {}
+        if self._per_window:
+            for slot, acc in parts.items():
+                yield WindowedValue((slot, acc), slot[2] / 1000, [window.GlobalWindow()])
+            return
         per_key: dict[tuple, Windows] = {}
         for (name, key, start), acc in parts.items():
             windows = per_key.get((name, key))
@@ -266,77 +283,62 @@ def _alarms(rules: dict[str, RuleSpec], item: tuple[tuple, dict[int, Acc]]) -> I
 
 @dataclass
 class _Book:
-    """What a (rule, key) remembers besides its windows: fired window starts, the last one fired among
-    windows already forgotten (for the cooldown), and how far the watermark is known to have gone."""
+    """What a (rule, key) keeps in a stream: its windows' latest panes, which of them have closed (their
+    on-time pane came: the watermark passed their end), the revision and value last emitted per fired window,
+    the last fired start among windows already forgotten (for the cooldown), and the latest closed end."""
 
-    fired: set[int]
+    windows: dict[int, Acc]
+    closed: set[int]
+    fired: dict[int, tuple[int, float]]
     last_dropped_fire: int | None = None
-    closed: int = -(2**62)
+    horizon: int = -(2**62)
 
 
-_WINDOWS = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("windows", coders.PickleCoder()))
 _BOOK = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("book", coders.PickleCoder()))
-_WAKE_SPEC = userstate.TimerSpec("wake", TimeDomain.WATERMARK)
-_WAKE = beam.DoFn.TimerParam(_WAKE_SPEC)
+
+
+def settle(rule: RuleSpec, key: tuple, book: _Book) -> Iterator[dict[str, Any]]:
+    """Evaluate a (rule, key)'s windows in time order as the bounded run does: growing values as soon as they
+    cross, the others once closed; a fired window is corrected (a later `revision`, same `_id`) once closed.
+    Then forget windows past their end + lateness + one period (the next window's base for a change)."""
+    size, period, lateness = rule.size_s * 1000, rule.period_s * 1000, rule.lateness_s * 1000
+    ready = [(s, book.windows[s]) for s in sorted(book.windows) if rule.fires_early or s in book.closed]
+    for alarm in evaluate(rule, key, ready, book.last_dropped_fire):
+        start = alarm["_t"] - size
+        before = book.fired.get(start)
+        revise = before is not None and before[1] != alarm["value"] and start in book.closed
+        if before is None or revise:
+            revision = 0 if before is None else before[0] + 1
+            book.fired[start] = (revision, alarm["value"])
+            yield {**alarm, "revision": revision}  # a later revision corrects the row; Notify skips it
+    for start in [s for s in book.windows if s + size + lateness + period <= book.horizon]:
+        del book.windows[start]
+        book.closed.discard(start)
+        if start in book.fired:
+            del book.fired[start]
+            book.last_dropped_fire = max(start, book.last_dropped_fire or start)
 
 
 class _LiveAlarmsDoFn(beam.DoFn):
-    """Unbounded: per (rule, key), open windows in state; evaluate on every partial and when the watermark
-    passes a window's end; forget a window once past its end + lateness + one period (the next window's base
-    for an abnormal change)."""
+    """Unbounded: the panes of each (rule, key)'s windows (runner-kept, see `Alarms`) meet in one keyed state
+    cell, read and written once per pane; no timers (an on-time pane says a window has closed)."""
 
     def __init__(self, rules: list[RuleSpec]) -> None:
         self._rules = {r.name: r for r in rules}
-        self._late = Metrics.counter("dpipe.alarms", "partials_too_late")
 
-    def process(self, element: tuple[str, tuple[tuple, dict[int, Acc]]], windows=_WINDOWS, book=_BOOK,
-                wake=_WAKE) -> Iterator[dict[str, Any]]:
-        (name, key), parts = element[1]
-        rule = self._rules[name]
-        state: dict[int, Acc] = windows.read() or {}
-        seen: _Book = book.read() or _Book(set())
-        size, lateness = rule.size_s * 1000, rule.lateness_s * 1000
-        for start, part in parts.items():
-            if start + size + lateness <= seen.closed:
-                self._late.inc()
-                continue
-            state[start] = merge(state.get(start, EMPTY), part, rule.samples)
-        yield from self._settle(rule, key, state, seen, windows, book, wake)
-
-    @userstate.on_timer(_WAKE_SPEC)
-    def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam, windows=_WINDOWS, book=_BOOK,
-                wake=_WAKE) -> Iterator[dict[str, Any]]:
-        state: dict[int, Acc] = windows.read() or {}
-        seen: _Book = book.read() or _Book(set())
-        if not state:
-            return
-        rule_name, rule_key = _rule_key(key)
+    def process(self, element: tuple[str, tuple[int, Acc, bool]], state=_BOOK) -> Iterator[dict[str, Any]]:
+        rule_name, key = _rule_key(element[0])
+        start, acc, closed = element[1]
         rule = self._rules[rule_name]
-        seen.closed = max(seen.closed, fired.micros // 1000)
-        yield from self._settle(rule, rule_key, state, seen, windows, book, wake)
-
-    def _settle(self, rule: RuleSpec, key: tuple, state: dict[int, Acc], seen: _Book, windows, book,
-                wake) -> Iterator[dict[str, Any]]:
-        size, period, lateness = rule.size_s * 1000, rule.period_s * 1000, rule.lateness_s * 1000
-        ready = [(s, state[s]) for s in sorted(state) if rule.fires_early or s + size <= seen.closed]
-        for alarm in evaluate(rule, key, ready, seen.last_dropped_fire):
-            start = alarm["_t"] - size
-            if start not in seen.fired:
-                seen.fired.add(start)
-                yield alarm
-        for start in [s for s in state if s + size + lateness + period <= seen.closed]:
-            del state[start]
-            if start in seen.fired:
-                seen.fired.discard(start)
-                seen.last_dropped_fire = max(start, seen.last_dropped_fire or start)
-        if not state:
-            windows.clear()
-            book.write(_Book(set(), seen.last_dropped_fire, seen.closed))
-            return
-        windows.write(state)
-        book.write(seen)
-        ends = [end for s in state for end in (s + size, s + size + lateness, s + size + lateness + period)]
-        wake.set(Timestamp(micros=min(e for e in ends if e > seen.closed) * 1000))
+        book: _Book = state.read() or _Book({}, set(), {})
+        # a pane of a window already forgotten (the runner's lateness is wider than the rule's) is ignored
+        if start + rule.size_s * 1000 + rule.lateness_s * 1000 + rule.period_s * 1000 > book.horizon:
+            book.windows[start] = acc
+            if closed:
+                book.closed.add(start)
+                book.horizon = max(book.horizon, start + rule.size_s * 1000)
+            yield from settle(rule, key, book)
+            state.write(book)
 
 
 def _rule_key(key: str) -> tuple[str, tuple]:
@@ -344,10 +346,39 @@ def _rule_key(key: str) -> tuple[str, tuple]:
     return name, tuple(orjson.loads(rest))
 
 
-def _keyed(item: tuple[tuple, dict[int, Acc]]) -> tuple[str, tuple[tuple, dict[int, Acc]]]:
+def _text_key(name: str, key: tuple) -> str:
     """A text key for keyed state (a tuple key has no deterministic coder)."""
-    (name, key), _ = item
-    return f"{name}\0{orjson.dumps(list(key)).decode()}", item
+    return f"{name}\0{orjson.dumps(list(key)).decode()}"
+
+
+class _PaneDoFn(beam.DoFn):
+    """A window's pane -> the (rule, key)'s element: window start, accumulator, and whether it has closed."""
+
+    def process(self, element: tuple[tuple, Acc], pane=beam.DoFn.PaneInfoParam) -> Iterator[tuple[str, Any]]:
+        (name, key, start), acc = element
+        yield _text_key(name, key), (start, acc, pane.timing != PaneInfoTiming.EARLY)
+
+
+class _AccMergeFn(beam.CombineFn):
+    def create_accumulator(self) -> Acc:
+        return EMPTY
+
+    def add_input(self, acc: Acc, part: Acc) -> Acc:
+        return merge(acc, part, MAX_SAMPLES)
+
+    def merge_accumulators(self, accs: Iterable[Acc]) -> Acc:
+        return functools.reduce(lambda a, b: merge(a, b, MAX_SAMPLES), accs, EMPTY)
+
+    def extract_output(self, acc: Acc) -> Acc:
+        return acc
+
+    def get_accumulator_coder(self) -> coders.Coder:
+        return coders.PickleCoder()
+
+
+MAX_SAMPLES = 20
+EARLY_S = 1
+"""Panes of open windows every second: a growing value fires within about a second of its crossing."""
 
 
 class Alarms(beam.PTransform):
@@ -359,16 +390,23 @@ class Alarms(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         by_name = {r.name: r for r in self._rules}
-        partials = batches | "Windows" >> beam.ParDo(_PartialsDoFn(self._rules)).with_output_types(
-            tuple[tuple, Windows])
         if batches.is_bounded:
             return (
-                partials
+                batches
+                | "Windows" >> beam.ParDo(_PartialsDoFn(self._rules)).with_output_types(tuple[tuple, Windows])
                 | "PerRuleAndKey" >> beam.CombinePerKey(_MergeFn(self._rules))
                 | "Evaluate" >> beam.FlatMap(functools.partial(_alarms, by_name))
             )
+        sizes = {r.name: r.size_s * 1000 for r in self._rules}
+        lateness = max(r.lateness_s for r in self._rules)
         return (
-            partials
-            | "Key" >> beam.Map(_keyed).with_output_types(tuple[str, Any])
+            batches
+            | "WindowPartials" >> beam.ParDo(_PartialsDoFn(self._rules, per_window=True)).with_output_types(
+                tuple[tuple, Any])
+            | "SlidingWindows" >> converging(SlotWindows(lambda slot: (slot[2], slot[2] + sizes[slot[0]])),
+                                             lateness, EARLY_S)
+            | "PerWindow" >> beam.CombinePerKey(_AccMergeFn())
+            | "Panes" >> beam.ParDo(_PaneDoFn()).with_output_types(tuple[str, Any])
+            | "Global" >> beam.WindowInto(window.GlobalWindows())
             | "Live" >> beam.ParDo(_LiveAlarmsDoFn(self._rules))
         )

@@ -1,9 +1,9 @@
 """The ALS line parser: `area,unix_ts,{json}` -> Event, or a DeadLetter with the original's reason.
 
-Rules (DESIGN §4): split on the first two commas; area non-empty, UTF-8, without control characters; ts an
-unsigned decimal, milliseconds above 1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise;
-payload a JSON object (empty = `{}`); one trailing `\\r` is stripped (the reader already removed `\\n`); a
-line over MAX_LINE_BYTES is a dead letter. Historical timestamps are kept as they are:
+Rules (docs/architecture.md, "The ALS line"): split on the first two commas; area non-empty, UTF-8, without
+control characters; ts an unsigned decimal, milliseconds above 1283931748344, invalid below 1262275200
+(2010-01-01), seconds otherwise; payload a JSON object (empty = `{}`); one trailing `\\r` is stripped (the reader
+already removed `\\n`); a line over MAX_LINE_BYTES is a dead letter. Historical timestamps are kept as they are:
 the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced. Optional bounds
 (`max_age`, `max_future`) send out-of-range events to the dead letters instead.
 """
@@ -132,7 +132,7 @@ def _dead(
 
 def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[EventBatch, list[DeadLetter]]:
     """Parse every line of a batch: each line becomes exactly one event or one dead letter."""
-    out = EventBatch(batch.source, batch.shard, batch.seq)
+    out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
     dead: list[DeadLetter] = []
     source = batch.source
     if batch.category is None:
@@ -165,6 +165,8 @@ class _ParseDoFn(beam.DoFn):
         events, dead = parse_batch(batch, self._bounds)
         self._events.inc(len(events.events))
         self._dead.inc(len(dead))
+        for letter in dead:  # few: a counter per reason is cheap, and what an operator graphs
+            Metrics.counter("dpipe.dead_letters", letter.error).inc()
         if events.events:
             yield events
         for letter in dead:

@@ -55,11 +55,13 @@ class BehaviourRow:
 
 @dataclass(slots=True)
 class BehaviourBatch:
-    """The rows of one EventBatch; its shard and seq name the store's files, as for events."""
+    """The rows of one EventBatch; its shard and seq name the store's files, as for events; `watermark_ms`
+    is the event batch's (transforms/lateness.py)."""
 
     shard: str
     seq: int
     rows: list[BehaviourRow]
+    watermark_ms: int | None = None
 
 
 def _row_fields(row: BehaviourRow) -> tuple:
@@ -89,11 +91,11 @@ class BehaviourBatchCoder(coders.Coder):
 
     def encode(self, batch: BehaviourBatch) -> bytes:
         rows = [_row_fields(r) for r in batch.rows]
-        return pickle.dumps((batch.shard, batch.seq, rows), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((batch.shard, batch.seq, rows, batch.watermark_ms), protocol=pickle.HIGHEST_PROTOCOL)
 
     def decode(self, encoded: bytes) -> BehaviourBatch:
-        shard, seq, rows = pickle.loads(encoded)
-        return BehaviourBatch(shard, seq, [BehaviourRow(*r) for r in rows])
+        shard, seq, rows, watermark_ms = pickle.loads(encoded)
+        return BehaviourBatch(shard, seq, [BehaviourRow(*r) for r in rows], watermark_ms)
 
     def is_deterministic(self) -> bool:
         return False
@@ -141,7 +143,7 @@ class _RowsDoFn(beam.DoFn):
         if len(rows) < len(batch.events):
             self._skipped.inc(len(batch.events) - len(rows))
         if rows:
-            yield BehaviourBatch(f"{batch.shard}-{self._spec.route}", batch.seq, rows)
+            yield BehaviourBatch(f"{batch.shard}-{self._spec.route}", batch.seq, rows, batch.watermark_ms)
 
 
 class ToBehaviour(beam.PTransform):

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from transforms.counters import key_reader, reader, text_of
 from transforms.decorate import fingerprint
 from transforms.event import Event
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S
 from transforms.sketches import Hll, SketchPerSlot
 
 PERIODS = ("day", "week", "month")
@@ -35,6 +36,24 @@ def period_start(day: date, period: str) -> date:
     if period == "week":
         return day - timedelta(days=day.weekday())
     return day.replace(day=1)
+
+
+def next_period(start: date, period: str) -> date:
+    """The first day of the period after the one starting on `start`."""
+    if period == "day":
+        return start + timedelta(days=1)
+    if period == "week":
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def period_bounds(start: str, period: str, tz: str = "UTC") -> tuple[int, int]:
+    """A calendar period (its first day, ISO) as [start, end) epoch ms: local midnights in `tz`."""
+    zone = UTC if tz == "UTC" else ZoneInfo(tz)
+    first = date.fromisoformat(start)
+    after = next_period(first, period)
+    return tuple(int(datetime(d.year, d.month, d.day, tzinfo=zone).timestamp() * 1000)  # type: ignore[return-value]
+                 for d in (first, after))
 
 
 class LocalDays:
@@ -62,6 +81,12 @@ class CardinalitySpec:
     periods: tuple[str, ...] = PERIODS
     timezone: str = "UTC"
     lg_k: int = DEFAULT_LG_K
+    lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
+
+
+def slot_bounds(spec: CardinalitySpec, slot: tuple) -> tuple[int, int]:
+    """A (key, period, start) slot's event-time window."""
+    return period_bounds(slot[2], slot[1], spec.timezone)
 
 
 def slots_of(spec: CardinalitySpec) -> Callable[[Event], Iterator[tuple[tuple, str]]]:
@@ -98,4 +123,4 @@ class Cardinality(SketchPerSlot):
 
     def __init__(self, spec: CardinalitySpec) -> None:
         super().__init__(f"Cardinality[{spec.name}]", Hll(spec.lg_k), functools.partial(slots_of, spec),
-                         functools.partial(result, spec))
+                         functools.partial(result, spec), functools.partial(slot_bounds, spec), spec.lateness_s)

@@ -2,7 +2,7 @@
 
 Instead of indexing every hit, a counter keeps count/sum/mean/min/max/stddev of a field (or just the count)
 per fixed interval of *event* time, optionally per key (e.g. per area), and emits one document per interval
-with a deterministic id. Each batch is pre-aggregated in place (DESIGN §9); Beam combines the partials per
+with a deterministic id. Each batch is pre-aggregated in place (docs/architecture.md); Beam combines the partials per
 key in fixed windows, so a backfill and a stream of the same events give the same numbers. The original used
 processing-time intervals, stamped each document with its last event's time, computed a sample stddev of 0
 for n <= 2 and raced inject against flush; none of that is kept.
@@ -22,10 +22,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.decorate import IndexNamer, compile_getter, fingerprint
 from transforms.event import MISSING, Event, EventBatch
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
 
 # accumulator: (count of events, count of values, sum, mean, m2, min, max)
 Acc = tuple[int, int, float, float, float, float, float]
 EMPTY: Acc = (0, 0, 0.0, 0.0, 0.0, math.inf, -math.inf)
+Parts = dict[tuple[str | None, int], Acc]  # (key, interval start ms) -> partial
 
 
 def add(acc: Acc, value: Any) -> Acc:
@@ -58,6 +60,7 @@ class CounterSpec:
     interval_s: int
     field: str | None = None
     by: str | None = None
+    lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
 
 
 def reader(dotted: str) -> Callable[[Event], Any]:
@@ -96,15 +99,30 @@ def text_of(value: Any) -> str | None:
 
 def pre_aggregate(batch: EventBatch, spec: CounterSpec, get_value: Callable[[Event], Any] | None,
                   get_key: Callable[[Event], Any] | None,
-                  parts: dict[tuple[str | None, int], Acc] | None = None) -> dict[tuple[str | None, int], Acc]:
-    """Add a batch to partial accumulators per (key, interval start in ms)."""
+                  parts: Parts | None = None) -> tuple[Parts, int]:
+    """Add a batch to partial accumulators per (key, interval start in ms); events of intervals closed for the
+    batch (transforms/lateness.py) are left out and counted: (parts, late events)."""
     width = spec.interval_s * 1000
     parts = {} if parts is None else parts
+    closed = cutoff(batch.watermark_ms, int(spec.lateness_s * 1000))
+    late = 0
     for event in batch.events:
-        slot = (get_key(event) if get_key is not None else None, event.ts - event.ts % width)
+        start = event.ts - event.ts % width
+        if closed is not None and start + width <= closed:
+            late += 1
+            continue
+        slot = (get_key(event) if get_key is not None else None, start)
         value = get_value(event) if get_value is not None else None
         parts[slot] = add(parts.get(slot, EMPTY), value)
-    return parts
+    return parts, late
+
+
+def interval_bounds(width_ms: int) -> Callable[[tuple[str | None, int]], tuple[int, int]]:
+    """A (key, interval start) slot's event-time window."""
+    def bounds(slot: tuple[str | None, int]) -> tuple[int, int]:
+        return slot[1], slot[1] + width_ms
+
+    return bounds
 
 
 def counter_document(spec: CounterSpec, key: str | None, start_ms: int, acc: Acc, namer: IndexNamer) -> dict:
@@ -140,16 +158,18 @@ class _PartialsDoFn(beam.DoFn):
     def setup(self) -> None:
         self._value = reader(self._spec.field) if self._spec.field else None
         self._key = key_reader(self._spec.by)
+        self._late = Late(f"counters/{self._spec.name}")
 
     def start_bundle(self) -> None:
         self._parts: dict[tuple[str | None, int], Acc] = {}
 
     def process(self, batch: EventBatch) -> Iterator[Any]:
-        pre_aggregate(batch, self._spec, self._value, self._key, self._parts)
+        self._late.add(pre_aggregate(batch, self._spec, self._value, self._key, self._parts)[1])
         if len(self._parts) >= self._max_slots:
             yield from self._emit()
 
     def finish_bundle(self) -> Iterator[Any]:
+        self._late.flush()
         yield from self._emit()
 
     def _emit(self) -> Iterator[WindowedValue]:
@@ -187,8 +207,10 @@ class BufferedCounter(beam.PTransform):
         partials = batches | "PreAggregate" >> beam.ParDo(_PartialsDoFn(spec))
         if not batches.is_bounded:
             # The interval is in the key, so a bounded run needs no windows (and the local runner's windowed
-            # GroupByKey costs ~0.4 ms per key); an unbounded one windows by interval to fire at the watermark.
-            partials = partials | "Intervals" >> beam.WindowInto(window.FixedWindows(spec.interval_s))
+            # GroupByKey costs ~0.4 ms per key); an unbounded one windows by interval to fire at the watermark
+            # and again for late partials (transforms/lateness.py).
+            partials = partials | "Intervals" >> converging(SlotWindows(interval_bounds(spec.interval_s * 1000)),
+                                                            spec.lateness_s)
         docs = (
             partials
             | "Combine" >> beam.CombinePerKey(_MergeFn())

@@ -360,7 +360,7 @@ def decorate_batch(
     batch: EventBatch, rules: Sequence[Rule], namer: IndexNamer, counts: dict[str, int]
 ) -> tuple[EventBatch, list[DeadLetter]]:
     """Decorate every event of a batch: each comes out decorated, or as one dead letter."""
-    out = EventBatch(batch.source, batch.shard, batch.seq)
+    out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
     dead: list[DeadLetter] = []
     by_category: dict[str, list[Rule]] = {}
     source, source_bytes = None, b""

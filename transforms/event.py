@@ -1,6 +1,6 @@
 """The event model: what flows between dpipe's transforms.
 
-The bounded hot path carries *batches* (DESIGN §9): a `LineBatch` of raw lines from one source becomes an
+The bounded hot path carries *batches* (docs/architecture.md): a `LineBatch` of raw lines from one source becomes an
 `EventBatch` plus individual `DeadLetter`s. Per-event work is a loop inside one DoFn call, so Beam's
 per-element cost is paid once per batch, not once per line.
 """
@@ -90,7 +90,9 @@ class LineBatch:
 
     `shard` names the piece of input the lines came from (a file's byte range, a spool segment); with `seq`,
     the batch's rank within that shard, it gives sinks stable, replay-safe file names. `category` is None
-    when the source's name does not say it; `category_error` then says why.
+    when the source's name does not say it; `category_error` then says why. `watermark_ms` is the source's
+    watermark when it read the lines (unbounded sources only): what the aggregating branches measure lateness
+    against (transforms/lateness.py).
     """
 
     source: str
@@ -100,18 +102,21 @@ class LineBatch:
     offsets: list[int]
     lines: list[bytes]
     category_error: str | None = None
+    watermark_ms: int | None = None
 
 
 @dataclass(slots=True)
 class EventBatch:
     """The events parsed from one `LineBatch`, in input order. A route's batch carries the paths that route
-    drops (`drop`), applied when a sink builds documents, so routing never copies events."""
+    drops (`drop`), applied when a sink builds documents, so routing never copies events. `watermark_ms` is
+    the line batch's (see LineBatch)."""
 
     source: str
     shard: str
     seq: int
     events: list[Event] = field(default_factory=list)
     drop: tuple[tuple[str, ...], ...] = ()
+    watermark_ms: int | None = None
 
 
 class _Missing:

@@ -10,10 +10,11 @@ Definition (the brute-force `reference_depths` spells it out; `FunnelTracker` co
   matches a step of the funnel but is not the attempt's next step (a repeated step included).
 - Per (period, dimension values), a user counts once at each step up to the deepest any attempt reached.
 
-Bounded inputs group each user's rows and run the tracker once (`FunnelCounts`); unbounded inputs keep a
-tracker per user in keyed state and feed it rows in time order as the watermark passes them, emitting only
-the changes of each user's depth: counts per period are sums of those changes, so both agree on the same
-rows (tested), and per-row state is one buffered row until the watermark passes it.
+Bounded inputs group each user's rows and run the tracker once (`FunnelCounts`). Unbounded inputs key each
+row by (user, period) into the period's event-time window (the period plus the conversion window: rows after
+its end can still advance its attempts); each pane recomputes the user's depths from all their rows so far,
+so arrival order and delay do not matter, and a second windowed combine counts each user once per slot at
+their latest pane's depth (transforms/lateness.py). Both agree on the same rows (tested).
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import coders
-from apache_beam.transforms import userstate
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms import window
 
 from transforms.behaviour import BehaviourBatch, BehaviourRow, column_name
 from transforms.cardinality import period_start
 from transforms.decorate import fingerprint
-from transforms.panes import DEFAULT_REFRESH_S, running
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
+from transforms.panes import DEFAULT_REFRESH_S
 
 ORDERS = ("any", "strict")
 Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)
@@ -60,7 +59,7 @@ class FunnelSpec:
     order: str = "any"
     dimensions: tuple[str, ...] = ()
     period: str = "day"
-    lateness_ms: int = 0  # unbounded: how long a period's counts stay open for rows behind the watermark
+    lateness_ms: int = DEFAULT_ALLOWED_LATENESS_S * 1000  # unbounded: how long a period stays open for late rows
 
     def step_hits(self, row: BehaviourRow) -> list[int]:
         return [i for i, step in enumerate(self.steps) if step.matches(row)]
@@ -234,57 +233,91 @@ def _bounded_changes(spec: FunnelSpec):
     return changes
 
 
-_ROWS = beam.DoFn.StateParam(userstate.BagStateSpec("rows", coders.PickleCoder()))
-_TRACKER = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("tracker", coders.PickleCoder()))
-_NEXT = beam.DoFn.StateParam(userstate.ReadModifyWriteStateSpec("next", coders.VarIntCoder()))
-_WAKE_SPEC = userstate.TimerSpec("wake", TimeDomain.WATERMARK)
-_WAKE = beam.DoFn.TimerParam(_WAKE_SPEC)
+def period_window(spec: FunnelSpec, start: str) -> tuple[int, int]:
+    """The event time [start, end) a period's attempts live in: the period, and a window after its end."""
+    return period_start_ms(start), period_end_ms(start, spec.period) + spec.window_ms
 
 
-class _TrackUsersDoFn(beam.DoFn):
-    """Unbounded: rows wait in a bag until the watermark passes them, then feed the user's tracker in time
-    order; a timer at the earliest waiting row (or at the tracker's expiry) drives it."""
+def periods_of(spec: FunnelSpec, ts_ms: int) -> list[str]:
+    """The periods whose attempts a row at `ts_ms` can take part in: its own, and earlier ones still open
+    (a row within `window` after a period's end can advance that period's attempts)."""
+    day = datetime.fromtimestamp(ts_ms / 1000, UTC).date()
+    starts = [period_start(day, spec.period)]
+    while True:
+        before = period_start(starts[-1] - timedelta(days=1), spec.period)
+        if period_end_ms(before.isoformat(), spec.period) + spec.window_ms <= ts_ms:
+            break
+        starts.append(before)
+    return [d.isoformat() for d in starts]
+
+
+def period_start_ms(start: str) -> int:
+    day = date.fromisoformat(start)
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+
+
+def _user_periods(spec: FunnelSpec, late: Late):
+    """Unbounded: each row keyed by (user, period) for every period it can take part in, stamped with its
+    event time; rows of periods closed for their batch (transforms/lateness.py) are counted, not kept."""
+    lateness = int(spec.lateness_ms)
+
+    def keyed(batch: BehaviourBatch) -> Iterator[window.TimestampedValue]:
+        closed = cutoff(batch.watermark_ms, lateness)
+        for row in batch.rows:
+            if not spec.step_hits(row):
+                continue
+            kept = False
+            for start in periods_of(spec, row.ts):
+                if closed is not None and period_window(spec, start)[1] <= closed:
+                    continue
+                kept = True
+                yield window.TimestampedValue(((row.user, start), row), row.ts / 1000)
+            if not kept:
+                late.add(1)
+        late.flush()
+
+    return keyed
+
+
+class _PeriodDepthsDoFn(beam.DoFn):
+    """A pane of one user's rows of one period (all so far: panes accumulate) -> the user's depth in each of
+    that period's slots, tagged with the pane's index so that the latest pane wins downstream."""
 
     def __init__(self, spec: FunnelSpec) -> None:
         self._spec = spec
 
-    def process(self, element: tuple[str, BehaviourRow], rows=_ROWS, next_at=_NEXT, wake=_WAKE) -> None:
-        row = element[1]
-        rows.add(row)
-        self._wake_at(row.ts, next_at, wake)
+    def process(self, element: tuple[tuple[str, str], Iterable[BehaviourRow]],
+                pane=beam.DoFn.PaneInfoParam) -> Iterator[tuple[Slot, tuple[str, int, int]]]:
+        (user, start), rows = element
+        for slot, depth in user_depths(self._spec, rows).items():
+            if slot[0] == start:
+                yield slot, (user, pane.index, depth)
 
-    @userstate.on_timer(_WAKE_SPEC)
-    def on_wake(self, fired=beam.DoFn.TimestampParam, rows=_ROWS, tracker_state=_TRACKER, next_at=_NEXT,
-                wake=_WAKE) -> Iterator[Any]:
-        spec, now = self._spec, fired.micros // 1000
-        waiting = list(rows.read())
-        due = sorted((r for r in waiting if r.ts <= now), key=sort_key(spec))
-        later = [r for r in waiting if r.ts > now]
-        tracker = tracker_state.read() or FunnelTracker(spec)
-        n = len(spec.steps)
-        for row in due:
-            for slot, old, new in tracker.feed(row):
-                yield slot, increments(old, new, n)
-        rows.clear()
-        for r in later:
-            rows.add(r)
-        tracker.expire(now)
-        next_at.clear()
-        if later:
-            self._wake_at(min(r.ts for r in later), next_at, wake)
-        expiry = tracker.next_expiry()
-        if expiry is None:
-            tracker_state.clear()
-        else:
-            tracker_state.write(tracker)
-            self._wake_at(max(expiry, now + 1), next_at, wake)
 
-    @staticmethod
-    def _wake_at(ts_ms: int, next_at, wake) -> None:
-        current = next_at.read()
-        if current is None or ts_ms < current:
-            next_at.write(ts_ms)
-            wake.set(Timestamp(micros=ts_ms * 1000))
+class _LatestDepthsFn(beam.CombineFn):
+    """(user, pane, depth) of a slot -> users per step, counting each user at their latest pane's depth."""
+
+    def __init__(self, steps: int) -> None:
+        self._steps = steps
+
+    def create_accumulator(self) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def add_input(self, acc: dict[str, tuple[int, int]], item: tuple[str, int, int]) -> dict[str, tuple[int, int]]:
+        user, pane, depth = item
+        if user not in acc or acc[user][0] <= pane:
+            acc[user] = (pane, depth)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for acc in accs:
+            for user, (pane, depth) in acc.items():
+                self.add_input(out, (user, pane, depth))
+        return out
+
+    def extract_output(self, acc: dict[str, tuple[int, int]]) -> tuple[int, ...]:
+        return add_vectors(increments(0, depth, self._steps) for _, depth in acc.values())
 
 
 class FunnelCounts(beam.PTransform):
@@ -300,18 +333,33 @@ class FunnelCounts(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         spec = self._spec
+        if not batches.is_bounded:
+            return self._unbounded(batches)
         by_user = batches | "ByUser" >> beam.FlatMap(_user_rows(spec)).with_output_types(tuple[str, BehaviourRow])
-        if by_user.is_bounded:
-            changes = (by_user | "GroupUsers" >> beam.GroupByKey()
-                       | "Depths" >> beam.FlatMap(_bounded_changes(spec)))
-        else:
-            changes = (
-                by_user
-                | "TrackUsers" >> beam.ParDo(_TrackUsersDoFn(spec))
-                | "Running" >> running(self._refresh)
-            )
         return (
-            changes
+            by_user
+            | "GroupUsers" >> beam.GroupByKey()
+            | "Depths" >> beam.FlatMap(_bounded_changes(spec))
             | "Sum" >> beam.CombinePerKey(add_vectors)
             | "Result" >> beam.MapTuple(lambda slot, users: result(spec, slot, users))
+        )
+
+    def _unbounded(self, batches: beam.PCollection) -> beam.PCollection:
+        """Per (user, period): the runner keeps the rows of the period's window, a pane recomputes the user's
+        depth from all of them (so order and delay do not matter), and a second windowed combine counts each
+        user once per slot at their latest depth."""
+        spec, refresh = self._spec, self._refresh
+        lateness_s = spec.lateness_ms / 1000
+        late = Late(f"funnels/{spec.name}")
+        return (
+            batches
+            | "ByUserPeriod" >> beam.FlatMap(_user_periods(spec, late)).with_output_types(
+                tuple[tuple[str, str], BehaviourRow])
+            | "UserWindows" >> converging(SlotWindows(lambda key: period_window(spec, key[1])), lateness_s, refresh)
+            | "GroupUserPeriod" >> beam.GroupByKey()
+            | "UserDepths" >> beam.ParDo(_PeriodDepthsDoFn(spec))
+            | "SlotWindows" >> converging(SlotWindows(lambda slot: period_window(spec, slot[0])), lateness_s, refresh)
+            | "Count" >> beam.CombinePerKey(_LatestDepthsFn(len(spec.steps)))
+            | "Result" >> beam.MapTuple(lambda slot, users: result(spec, slot, users))
+            | "Global" >> beam.WindowInto(window.GlobalWindows())
         )

@@ -125,7 +125,7 @@ def route_tag(name: str) -> str:
 
 def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str, Any]) -> dict[str, EventBatch]:
     """Split a batch into one batch per route (events are shared: sinks never change them)."""
-    out = {r.name: EventBatch(batch.source, batch.shard, batch.seq, [], r.drop) for r in routes}
+    out = {r.name: EventBatch(batch.source, batch.shard, batch.seq, [], r.drop, batch.watermark_ms) for r in routes}
     per_route = counts.setdefault("routes", {})
     unmatched = 0
     for event in batch.events:

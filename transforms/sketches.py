@@ -9,7 +9,6 @@ histograms) and frequent items (top N).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -18,7 +17,8 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import Event, EventBatch
-from transforms.panes import DEFAULT_REFRESH_S, running
+from transforms.lateness import Late, SlotWindows, converging, cutoff
+from transforms.panes import DEFAULT_REFRESH_S
 
 Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
 
@@ -93,44 +93,57 @@ class Frequent(SketchKind):
 
 
 SlotsOf = Callable[[Event], Iterable[tuple[Slot, Any]]]
-
-
-def slot_time(slot: Slot) -> float:
-    """Event time (s) of a slot's start, for the element's timestamp."""
-    start = slot[-1]
-    if isinstance(start, int):
-        return start / 1000
-    return datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp()
+Bounds = Callable[[Slot], tuple[int, int]]
 
 
 class _BundleSketchDoFn(beam.DoFn):
-    def __init__(self, kind: SketchKind, slots_of: Callable[[], SlotsOf], max_slots: int) -> None:
-        self._kind, self._make_slots_of, self._max_slots = kind, slots_of, max_slots
+    def __init__(self, branch: str, kind: SketchKind, slots_of: Callable[[], SlotsOf], bounds: Bounds,
+                 lateness_s: float, max_slots: int) -> None:
+        self._branch, self._kind, self._make_slots_of, self._max_slots = branch, kind, slots_of, max_slots
+        self._bounds, self._lateness_ms = bounds, int(lateness_s * 1000)
 
     def setup(self) -> None:
         self._slots_of = self._make_slots_of()  # readers and caches are built on the worker
+        self._ends: dict[Slot, int] = {}
+        self._late = Late(self._branch)
 
     def start_bundle(self) -> None:
         self._sketches: dict[Slot, Any] = {}
 
     def process(self, batch: EventBatch) -> Iterator[Any]:
         sketches, kind, slots_of = self._sketches, self._kind, self._slots_of
+        closed = cutoff(batch.watermark_ms, self._lateness_ms)
         for event in batch.events:
+            late = False
             for slot, value in slots_of(event):
                 sketch = sketches.get(slot)
                 if sketch is None:
+                    if closed is not None and self._end(slot) <= closed:
+                        late = True
+                        continue
                     sketch = sketches[slot] = kind.new()
                 kind.update(sketch, value)
+            self._late.add(late)
         if len(sketches) >= self._max_slots:
             yield from self._emit()
 
+    def _end(self, slot: Slot) -> int:
+        end = self._ends.get(slot)
+        if end is None:
+            if len(self._ends) > 100_000:
+                self._ends.clear()
+            end = self._ends[slot] = self._bounds(slot)[1]
+        return end
+
     def finish_bundle(self) -> Iterator[Any]:
+        self._late.flush()
         yield from self._emit()
 
     def _emit(self) -> Iterator[WindowedValue]:
         sketches, self._sketches = self._sketches, {}
         for slot, sketch in sketches.items():
-            yield WindowedValue((slot, self._kind.serialize(sketch)), slot_time(slot), [window.GlobalWindow()])
+            start = self._bounds(slot)[0] / 1000  # the element's time: its window's start
+            yield WindowedValue((slot, self._kind.serialize(sketch)), start, [window.GlobalWindow()])
 
 
 class _MergeFn(beam.CombineFn):
@@ -154,25 +167,28 @@ class _MergeFn(beam.CombineFn):
 class SketchPerSlot(beam.PTransform):
     """EventBatch -> result(slot, sketch) for every slot that events fall into.
 
-    `slots_of` is a factory (called on the worker) of the per-event function giving (slot, value) pairs.
-    A slot's key holds its window or period, so a bounded run needs no windows; an unbounded one gets running
-    panes (transforms/panes.py): every slot's result so far, again every `refresh_s`.
+    `slots_of` is a factory (called on the worker) of the per-event function giving (slot, value) pairs;
+    `bounds(slot)` is the slot's event-time window [start, end) in ms. A slot's key holds its window or
+    period, so a bounded run needs no windows; an unbounded one puts each slot in its window, with running
+    panes every `refresh_s` and a corrected pane per late partial (transforms/lateness.py).
     """
 
     def __init__(self, label: str, kind: SketchKind, slots_of: Callable[[], SlotsOf],
-                 result: Callable[[Slot, Any, bytes], dict[str, Any]], max_slots: int = 2000,
-                 refresh_s: float = DEFAULT_REFRESH_S) -> None:
+                 result: Callable[[Slot, Any, bytes], dict[str, Any]], bounds: Bounds, lateness_s: float,
+                 max_slots: int = 2000, refresh_s: float = DEFAULT_REFRESH_S) -> None:
         super().__init__(label)
         self._kind, self._slots_of, self._result, self._max_slots = kind, slots_of, result, max_slots
-        self._refresh = refresh_s
+        self._bounds, self._lateness_s, self._refresh = bounds, lateness_s, refresh_s
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         kind, result = self._kind, self._result
-        sketches = batches | "Sketch" >> beam.ParDo(_BundleSketchDoFn(kind, self._slots_of, self._max_slots))
+        sketches = batches | "Sketch" >> beam.ParDo(_BundleSketchDoFn(
+            self.label, kind, self._slots_of, self._bounds, self._lateness_s, self._max_slots))
         if not batches.is_bounded:
-            sketches = sketches | "Running" >> running(self._refresh)
-        return (
+            sketches = sketches | "Windows" >> converging(SlotWindows(self._bounds), self._lateness_s, self._refresh)
+        results = (
             sketches
             | "Merge" >> beam.CombinePerKey(_MergeFn(kind))
             | "Result" >> beam.MapTuple(lambda slot, blob: result(slot, kind.deserialize(blob), blob))
         )
+        return results if batches.is_bounded else results | "Global" >> beam.WindowInto(window.GlobalWindows())

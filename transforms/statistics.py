@@ -17,6 +17,7 @@ import datasketches
 from transforms.counters import key_reader, reader, text_of
 from transforms.decorate import fingerprint
 from transforms.event import Event
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S
 from transforms.sketches import Frequent, Kll, SketchPerSlot
 
 
@@ -29,6 +30,12 @@ class StatsSpec:
     quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
     histogram: tuple[float, ...] = ()  # bucket bounds; empty: no histogram
     top: int | None = None  # the N most frequent values instead of quantiles
+    lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
+
+
+def slot_bounds(spec: StatsSpec, slot: tuple) -> tuple[int, int]:
+    """A (key, window start) slot's event-time window."""
+    return slot[1], slot[1] + spec.window_s * 1000
 
 
 def slots_of(spec: StatsSpec) -> Callable[[Event], Iterator[tuple[tuple, Any]]]:
@@ -68,7 +75,8 @@ def result(spec: StatsSpec, slot: tuple, sketch: Any, blob: bytes) -> dict[str, 
         "_t": start_ms, "window_s": spec.window_s,
     }
     if spec.top is not None:
-        items = sketch.get_frequent_items(datasketches.frequent_items_error_type.NO_FALSE_POSITIVES)
+        items = sorted(sketch.get_frequent_items(datasketches.frequent_items_error_type.NO_FALSE_POSITIVES),
+                       key=lambda item: (-item[1], item[0]))  # ties by value: the same top N in any merge order
         doc["count"] = sketch.total_weight
         doc["top"] = [{"value": v, "count": est, "lower": lo, "upper": hi} for v, est, lo, hi in items[: spec.top]]
         return doc
@@ -92,4 +100,4 @@ class Statistics(SketchPerSlot):
     def __init__(self, spec: StatsSpec) -> None:
         kind = Frequent() if spec.top is not None else Kll()
         super().__init__(f"Statistics[{spec.name}]", kind, functools.partial(slots_of, spec),
-                         functools.partial(result, spec))
+                         functools.partial(result, spec), functools.partial(slot_bounds, spec), spec.lateness_s)

@@ -38,6 +38,10 @@ class LocalServer:
         """Raise while the server does not answer yet."""
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment variables; None: this process's."""
+        return None
+
     def preexec(self) -> Any:
         """What the child runs before exec: it gets SIGTERM when the test dies. Extend for resource limits."""
         from tests.servers import jvm
@@ -47,7 +51,7 @@ class LocalServer:
     def start(self, log: Path, timeout: float = 60) -> None:
         self._log = log.open("wb")
         self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=self.preexec())
+                                      env=self.environment(), preexec_fn=self.preexec())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

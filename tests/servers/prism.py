@@ -24,16 +24,18 @@ def prism_path() -> Path:
     return path
 
 
-def prism_options() -> list[str]:
+LOOPBACK = ("--environment_type=LOOPBACK",)
+
+
+def prism_options(environment: tuple[str, ...] = LOOPBACK) -> list[str]:
     """Pipeline flags that run on our Prism binary and never download one.
 
     A local --prism_location is used as is (Beam's PrismJobServer only downloads for a URL or when the flag is
     absent). Beam then starts Prism itself and keeps it until the interpreter exits; use PrismServer for a
-    process the caller stops. LOOPBACK runs the Python workers in this process (PrismRunner's default, pinned).
-    Add --streaming for unbounded pipelines.
+    process the caller stops. LOOPBACK runs the Python workers in this process (PrismRunner's default, pinned);
+    `environment` replaces it (e.g. EXTERNAL worker pools). Add --streaming for unbounded pipelines.
     """
-    return ["--runner=PrismRunner", f"--prism_location={prism_path()}", "--environment_type=LOOPBACK",
-            "--prism_log_level=warn"]
+    return ["--runner=PrismRunner", f"--prism_location={prism_path()}", *environment, "--prism_log_level=warn"]
 
 
 class PrismServer(LocalServer):
@@ -51,6 +53,6 @@ class PrismServer(LocalServer):
     def probe(self) -> None:
         socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
 
-    def options(self) -> list[str]:
+    def options(self, environment: tuple[str, ...] = LOOPBACK) -> list[str]:
         """prism_options() pointed at this server: with --job_endpoint Beam starts no Prism of its own."""
-        return [*prism_options(), f"--job_endpoint={self.endpoint}"]
+        return [*prism_options(environment), f"--job_endpoint={self.endpoint}"]
