@@ -188,7 +188,7 @@ def test_a_server_stopped_mid_run_and_restarted_loses_and_duplicates_nothing(sam
     port, url = server.port, server.url
     try:
         job = job_for(url, "opensearch", "rs", counters=False, batch={"docs": 100},  # outlasts a slow JVM start
-                      retry={"max_retries": 60, "initial_backoff": "200ms", "max_backoff": "2s"})
+                      retry={"max_retries": 50, "initial_backoff": "200ms", "max_backoff": "3s"})
         result: dict[str, Any] = {}
         run = threading.Thread(target=lambda: result.update(
             run_backfill([str(logs / "*")], str(tmp_path / "out"), job, PINNED)))
