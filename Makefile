@@ -23,6 +23,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: lint tools
 	$(PY) -m pytest

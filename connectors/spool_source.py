@@ -361,7 +361,7 @@ class SpoolReader(UnboundedReader):
         while True:
             segment = self._locate(state, segments)
             if segment is None:
-                state.behind = False
+                state.behind = state.gap is not None  # waiting out a gap: data lies ahead
                 return
             try:
                 lines, end = read_lines(segment.path, state.read_to, READ_BYTES)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import itertools
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,6 +25,7 @@ from pydantic import (
 from connectors.gateway import GatewaySettings
 from connectors.notify import ConsoleSettings, EmailSettings, Notifiers, WebhookSettings
 from connectors.search import SearchSettings
+from pipelines.validation import ConfigError, Duration, Size, explain, read_yaml
 from transforms.alarms import RuleSpec
 from transforms.behaviour import BehaviourSpec, column_name
 from transforms.cardinality import DEFAULT_LG_K, CardinalitySpec
@@ -50,38 +49,7 @@ from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Condition, Matcher, RouteSpec
 from transforms.statistics import StatsSpec
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-class ConfigError(Exception):
-    """A configuration mistake, phrased for the user: file, key path, what was expected."""
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 90s, 15m, 12h or 7d, or a number of seconds")
-    if isinstance(value, int | float) and value >= 0:
-        return float(value)
-    match = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
-    if not match:
-        raise ValueError("expected a duration such as 90s, 15m, 12h or 7d, or a number of seconds")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def _size(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if not match or int(match.group(1)) == 0:
-        raise ValueError("expected a positive size such as 64MiB, 512KB or a number of bytes")
-    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Size = Annotated[int, BeforeValidator(_size)]
+__all__ = ["ConfigError", "Duration", "JobConfig", "Size", "load_config", "parse_config"]
 
 
 class _Section(BaseModel):
@@ -694,19 +662,7 @@ def load_config(path: str | Path | None) -> JobConfig:
     if path is None:
         return JobConfig()
     where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{where}: cannot read the config file: {err}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where}{at}: invalid YAML: {problem}") from None
+    data = read_yaml(path)
     return parse_config(data, where)
 
 
@@ -737,43 +693,4 @@ _PATTERN_MEANING = {
 
 
 def _explain(error: dict[str, Any]) -> str:
-    loc = [str(p) for p in error["loc"]]
-    path = ".".join(loc) or "(top level)"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key; expected one of: {', '.join(_fields_at(error['loc'][:-1]))}"
-    if kind == "string_pattern_mismatch":
-        message = _PATTERN_MEANING.get(error.get("ctx", {}).get("pattern", ""), error["msg"])
-    else:
-        message = error["msg"].removeprefix("Value error, ")
-    given = error.get("input")
-    shown = repr(given)
-    return f"{path}: {message}" + (f"; got {shown}" if len(shown) <= 60 else "")
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The keys allowed where an unknown key was found (walking models, lists and optionals)."""
-    annotation: Any = JobConfig
-    for part in loc:
-        annotation = _model_in(annotation)
-        if isinstance(part, int) or annotation is None:
-            continue
-        field = annotation.model_fields.get(part) or next(
-            (f for f in annotation.model_fields.values() if f.alias == part), None
-        )
-        if field is None:
-            return []
-        annotation = field.annotation
-    model = _model_in(annotation)
-    return [f.alias or name for name, f in model.model_fields.items()] if model else []
-
-
-def _model_in(annotation: Any) -> Any:
-    """The pydantic model inside `X`, `list[X]`, `X | None` or `Annotated[list[X], ...]`, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+    return explain(error, JobConfig, _PATTERN_MEANING)

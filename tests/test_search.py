@@ -187,15 +187,16 @@ def test_a_server_stopped_mid_run_and_restarted_loses_and_duplicates_nothing(sam
     server.start(tmp_path / "node")
     port, url = server.port, server.url
     try:
-        job = job_for(url, "opensearch", "rs", counters=False, batch={"docs": 100},  # outlasts a slow JVM start
-                      retry={"max_retries": 50, "initial_backoff": "200ms", "max_backoff": "3s"})
+        # up to about 4 minutes of retries: longer than a restart takes on a loaded machine
+        job = job_for(url, "opensearch", "rs", counters=False, batch={"docs": 100},
+                      retry={"max_retries": 50, "initial_backoff": "200ms", "max_backoff": "5s"})
         result: dict[str, Any] = {}
         run = threading.Thread(target=lambda: result.update(
             run_backfill([str(logs / "*")], str(tmp_path / "out"), job, PINNED)))
         run.start()
         while not server_has_documents(url, "rs_*") and run.is_alive():
             threading.Event().wait(0.05)
-        server.stop()  # mid-run: the first documents are in, most are not (stop returns once it is gone)
+        server.stop()  # mid-run: the first documents are in, most are not; returns once the process is gone
         server.start(tmp_path / "node", http_port=port)
         run.join()
         assert result["index"]["retried"] > 0 and result["index"]["rejected"] == 0

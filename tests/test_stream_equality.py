@@ -27,7 +27,7 @@ from connectors.spool_source import event_ms
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
 from tests.conftest import PINNED
-from tests.test_stream import post, start, wait_for
+from tests.test_stream import gateway_port, post, start, wait_for
 from transforms.category import category_from_path
 
 pytestmark = pytest.mark.integration
@@ -101,25 +101,48 @@ def behaviour(out: Path) -> list[tuple]:
     return sorted(tuple(sorted((k, str(v)) for k, v in r.items())) for r in table.to_pylist())
 
 
-def test_a_fleets_delivery_gives_the_backfills_results(sample, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def backfilled(sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
     logs, _ = sample
-    bounded = tmp_path / "backfill"
+    bounded = tmp_path_factory.mktemp("backfill")
     run_backfill([str(logs / "*")], str(bounded), load_config(TEMPLATE), PINNED)
+    return bounded
 
+
+def post_plan(port: int, logs: Path) -> None:
+    plan = deliveries(logs)
+    assert len({c for _, c, _ in plan}) >= 6 and len(plan) > 1000
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda p: post(port, p[1], p[2]), plan))
+    assert set(statuses) == {200}
+
+
+@pytest.mark.parametrize("mode", ["live", "backlog"])
+def test_a_fleets_delivery_gives_the_backfills_results(sample, backfilled: Path, tmp_path: Path, mode: str) -> None:
+    """live: POSTed while the stream runs; backlog: all in the spool before the stream starts (a stream
+    started on hours of spool), read furthest behind first."""
+    logs, _ = sample
+    bounded = backfilled
     job = yaml.safe_load(TEMPLATE.read_text())
     job["stream"] = {**job.get("stream", {}), "idle_timeout": "1h"}  # see the module docstring
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    out, log = tmp_path / "stream", tmp_path / "stream.log"
-    stream = start(["pipelines.stream", "--output", str(out), "--spool", str(tmp_path / "spool"), "--port", "0",
+    out, log, spool = tmp_path / "stream", tmp_path / "stream.log", tmp_path / "spool"
+    if mode == "backlog":
+        gw_log = tmp_path / "gateway.log"
+        gateway = start(["pipelines.gateway", "--spool", str(spool), "--port", "0"], gw_log)
+        try:
+            post_plan(wait_for("gateway", lambda: gateway_port(gw_log), 30, gateway, gw_log), logs)
+        finally:
+            gateway.terminate()
+            assert gateway.wait(60) == 0
+    where = ["--no_gateway"] if mode == "backlog" else ["--port", "0"]
+    stream = start(["pipelines.stream", "--output", str(out), "--spool", str(spool), *where,
                     "--config", str(tmp_path / "job.yaml"), "--idle_stop", "5"], log)
     try:
-        port = wait_for("stream", lambda: (m := re.search(rb"gateway on http://127.0.0.1:(\d+)", log.read_bytes()))
-                        and int(m.group(1)), 60, stream, log)
-        plan = deliveries(logs)
-        assert len({c for _, c, _ in plan}) >= 6 and len(plan) > 1000
-        with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda p: post(port, p[1], p[2]), plan))
-        assert set(statuses) == {200}
+        if mode == "live":
+            post_plan(wait_for("stream", lambda: (m := re.search(rb"gateway on http://127.0.0.1:(\d+)",
+                                                                log.read_bytes())) and int(m.group(1)),
+                               60, stream, log), logs)
         assert stream.wait(600) == 0, log.read_text()[-3000:]
     finally:
         if stream.poll() is None:

@@ -194,7 +194,7 @@ class _PartialsDoFn(beam.DoFn):
         parts, self._parts = self._parts, {}
         if self._per_window:
             for slot, acc in parts.items():
-                yield WindowedValue((slot, acc), slot[2] / 1000, [window.GlobalWindow()])
+                yield WindowedValue((slot, acc), slot[2] / 1000, (window.GlobalWindow(),))
             return
         per_key: dict[tuple, Windows] = {}
         for (name, key, start), acc in parts.items():
@@ -203,7 +203,7 @@ class _PartialsDoFn(beam.DoFn):
                 windows = per_key[(name, key)] = Windows()
             windows[start] = acc
         for slot, windows in per_key.items():
-            yield WindowedValue((slot, windows), min(windows) / 1000, [window.GlobalWindow()])
+            yield WindowedValue((slot, windows), min(windows) / 1000, (window.GlobalWindow(),))
 
 
 def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
@@ -221,6 +221,7 @@ def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
             detail: dict[str, Any] = {"previous": base, "change_percent": rule.change_percent,
                                       "min_base": rule.min_base}
         else:
+            assert rule.threshold is not None  # the config requires a threshold or a change_percent
             fires = COMPARE[rule.op](value, rule.threshold)
             detail = {"op": rule.op, "threshold": rule.threshold}
         if not fires or (last_fired is not None and start - last_fired < cooldown):

@@ -145,7 +145,7 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
     events = out.events
     for offset, line in zip(batch.offsets, batch.lines, strict=True):
         result = parse_line(line, source, offset, category, bounds)
-        if type(result) is Event:
+        if isinstance(result, Event):
             events.append(result)
         else:
             dead.append(result)

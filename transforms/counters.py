@@ -175,7 +175,7 @@ class _PartialsDoFn(beam.DoFn):
     def _emit(self) -> Iterator[WindowedValue]:
         parts, self._parts = self._parts, {}
         for (key, start), acc in parts.items():
-            yield WindowedValue(((key, start), acc), start / 1000, [window.GlobalWindow()])
+            yield WindowedValue(((key, start), acc), start / 1000, (window.GlobalWindow(),))
 
 
 class _MergeFn(beam.CombineFn):

@@ -137,11 +137,11 @@ class GeoIpOp(Op):
             if ip is MISSING or ip is None:
                 continue
             geo = self.db.lookup(ip) if type(ip) is str else "malformed"
-            if type(geo) is str:
+            if isinstance(geo, str):
                 counts[f"geoip_{geo}"] = counts.get(f"geoip_{geo}", 0) + 1
                 return
             country, city, lat, lon = geo
-            decor = event.decor
+            decor = decorations(event)
             decor["_cntry"] = country
             if self.want_city and city is not None:
                 decor["_city"] = city
@@ -183,7 +183,7 @@ class RangeOp(Op):
                 raise OpError(f"range: {key} is not a number", f"got {type(value).__name__}: {value!r:.80}")
             label = self.label(value)
             if label is not None:
-                event.decor[out] = label
+                decorations(event)[out] = label
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         return [(out, pa.string()) for _, _, out in self.keys]
@@ -211,13 +211,13 @@ class MoneyOp(Op):
             raise OpError(f"money: {self.amount_key} is not a number", f"got {type(amount).__name__}: {amount!r:.80}")
         currency = self.get_currency(event.fields)
         if currency is MISSING or currency is None:
-            event.decor["_usd_err"] = "currency missing"
+            decorations(event)["_usd_err"] = "currency missing"
             return
         factor = self.factor.get(currency) if type(currency) is str else None
         if factor is None:
-            event.decor["_usd_err"] = f"currency unknown: {currency}"
+            decorations(event)["_usd_err"] = f"currency unknown: {currency}"
             return
-        event.decor["_usd"] = round(amount * factor, 6)
+        decorations(event)["_usd"] = round(amount * factor, 6)
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         return [("_usd", pa.float64()), ("_usd_err", pa.string())]
@@ -254,8 +254,8 @@ class NormalizeOp(Op):
                     raise OpError(f"normalize: {key} is not text", f"got {type(value).__name__}: {value!r:.80}")
                 value = str(value)
             norm = self.normalize(value)
-            event.decor[flat + "_norm"] = norm
-            event.decor[flat + "_fp"] = fingerprint(norm)
+            decorations(event)[flat + "_norm"] = norm
+            decorations(event)[flat + "_fp"] = fingerprint(norm)
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         return [c for *_, flat in self.keys for c in ((flat + "_norm", pa.string()), (flat + "_fp", pa.string()))]
@@ -319,9 +319,8 @@ def doc_id(source: str | bytes, offset: int, raw: bytes) -> str:
     """Deterministic id of a line: the same line from the same file and offset always gets the same id
     (replays and retries overwrite instead of duplicating); 128 bits, URL-safe base64. `source` is a path
     (its `source_key` is hashed) or an already computed key."""
-    if type(source) is str:
-        source = source_key(source)
-    digest = hashlib.blake2b(b"%s\0%d\0%s" % (source, offset, raw), digest_size=16).digest()
+    key = source_key(source) if isinstance(source, str) else source
+    digest = hashlib.blake2b(b"%s\0%d\0%s" % (key, offset, raw), digest_size=16).digest()
     return base64.urlsafe_b64encode(digest)[:22].decode("ascii")
 
 
@@ -343,6 +342,13 @@ def rule_columns(rules: Sequence[Rule]) -> list[tuple[str, pa.DataType]]:
             for name, typ in op.columns():
                 seen.setdefault(name, typ)
     return list(seen.items())
+
+
+def decorations(event: Event) -> dict[str, Any]:
+    """The event's decorations, made on first use (most events of a route get none)."""
+    if event.decor is None:
+        event.decor = {}
+    return event.decor
 
 
 def apply_ops(event: Event, ops: Sequence[Op], counts: dict[str, int]) -> DeadLetter | None:

@@ -30,8 +30,7 @@ from apache_beam.transforms import window
 from transforms.behaviour import BehaviourBatch, BehaviourRow, column_name
 from transforms.cardinality import period_start
 from transforms.decorate import fingerprint
-from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
-from transforms.panes import DEFAULT_REFRESH_S
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
 
 ORDERS = ("any", "strict")
 Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)
@@ -111,10 +110,10 @@ class FunnelTracker:
     def _advance(self, ts: int, hits: list[int], row: BehaviourRow) -> Iterator[tuple[Slot, int]]:
         window, n, strict = self.spec.window_ms, len(self.spec.steps), self.spec.order == "strict"
         for slot, starts in self.starts.items():
-            after = [None] * n if strict else starts
+            after: list[int | None] = [None] * n if strict else starts
             for k in sorted(hits, reverse=True):  # one row advances an attempt by one step at most
                 if k > 0 and (s := starts[k - 1]) is not None and ts - s <= window and (
-                        after[k] is None or s > after[k]):
+                        (a := after[k]) is None or s > a):
                     after[k] = s
                     yield slot, k + 1
             self.starts[slot] = after
@@ -166,7 +165,7 @@ def user_depths(spec: FunnelSpec, rows: Iterable[BehaviourRow]) -> dict[Slot, in
 def reference_depths(spec: FunnelSpec, rows: Iterable[BehaviourRow]) -> dict[Slot, int]:
     """The definition, by brute force over every attempt (quadratic: for tests and the benchmark only)."""
     ordered = [r for r in sorted(rows, key=sort_key(spec)) if spec.step_hits(r)]
-    n, best = len(spec.steps), {}
+    n, best = len(spec.steps), dict[Slot, int]()
     for i, first in enumerate(ordered):
         if not spec.steps[0].matches(first):
             continue

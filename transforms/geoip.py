@@ -54,7 +54,7 @@ def _open(path: str) -> _Loaded:
             return MALFORMED
         if not addr.is_global or addr.is_multicast:
             return PRIVATE
-        rec = reader.get(ip)
+        rec: Any = reader.get(ip)  # a City or Country record: nested dicts
         if not rec:
             return NOT_FOUND
         country = (rec.get("country") or rec.get("registered_country") or {}).get("iso_code")

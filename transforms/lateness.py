@@ -31,6 +31,8 @@ DEFAULT_ALLOWED_LATENESS_S = 3600
 """One hour: a collector that was down for an hour and catches up still counts, and a window's state lives
 an hour past its end (memory: keys x windows open in that hour)."""
 RUNNER_MARGIN_S = 600
+DEFAULT_REFRESH_S = 10
+"""Running results (statistics, cardinality, funnels) are re-emitted this often while a window is open."""
 
 
 def runner_lateness(allowed_s: float) -> int:
@@ -71,7 +73,7 @@ class SlotWindows(window.NonMergingWindowFn):
         self._bounds = bounds
 
     def assign(self, context: window.WindowFn.AssignContext) -> list[window.IntervalWindow]:
-        start, end = self._bounds(context.element[0])
+        start, end = self._bounds(context.element[0])  # type: ignore[index]  # elements are (key, value)
         return [window.IntervalWindow(start / 1000, end / 1000)]
 
     def get_window_coder(self) -> coders.Coder:
@@ -80,7 +82,9 @@ class SlotWindows(window.NonMergingWindowFn):
 
 def converging(window_fn: window.WindowFn, allowed_s: float, early_s: float | None = None) -> beam.WindowInto:
     """Windows that fire at the watermark (and every `early_s` of processing time before it, for running
-    results), then once per late partial, accumulating: every pane is the whole result so far."""
+    results), then once per late partial, accumulating: every pane is the whole result so far. Every trigger
+    here has a late firing: Prism 2.77 can crash on an early processing-time trigger without one
+    (tests/test_prism.py)."""
     return beam.WindowInto(
         window_fn,
         trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(int(early_s)) if early_s else None,

@@ -17,8 +17,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import Event, EventBatch
-from transforms.lateness import Late, SlotWindows, converging, cutoff
-from transforms.panes import DEFAULT_REFRESH_S
+from transforms.lateness import DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
 
 Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
 
@@ -143,7 +142,7 @@ class _BundleSketchDoFn(beam.DoFn):
         sketches, self._sketches = self._sketches, {}
         for slot, sketch in sketches.items():
             start = self._bounds(slot)[0] / 1000  # the element's time: its window's start
-            yield WindowedValue((slot, self._kind.serialize(sketch)), start, [window.GlobalWindow()])
+            yield WindowedValue((slot, self._kind.serialize(sketch)), start, (window.GlobalWindow(),))
 
 
 class _MergeFn(beam.CombineFn):

@@ -36,7 +36,7 @@ class PubSubServer(LocalServer):
         return [str(pstest_path()), "-port", str(self.port)]
 
     def probe(self) -> None:
-        self._api()[0].list_topics(project="projects/ready", timeout=2)
+        self._api()[0].list_topics(project="projects/ready", timeout=2, retry=None)  # one try: the loop retries
 
     @property
     def host(self) -> str:
@@ -55,9 +55,10 @@ class PubSubServer(LocalServer):
             if self._proc.poll() is not None:
                 raise RuntimeError(f"pstest exited ({self._proc.returncode}): {log.read_text()[-2000:]}")
             try:
-                self._api()[0].list_topics(project="projects/ready", timeout=2)
+                self._api()[0].list_topics(project="projects/ready", timeout=2, retry=None)  # one try: the loop retries
                 return
             except Exception:  # not listening yet: the client raises ServiceUnavailable / DeadlineExceeded
+                self._clients = None  # a fresh channel next time: a channel broken by a fork never recovers
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"pstest did not answer on {self.host} within {timeout} s")
