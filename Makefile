@@ -3,8 +3,12 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SAMPLE := data/sample
+# The dashboard's chart library, Chart.js from the npm registry (inlined into every report.html; never a CDN).
+# A file that exists is not fetched again: delete it after changing CHARTJS_VERSION.
+CHARTJS_VERSION := 4.6.1
+CHARTJS := connectors/dashboard/static/chart.umd.min.js
 
-.PHONY: setup demo test lint bench clean tools sdk-image
+.PHONY: setup demo test lint bench clean tools browser sdk-image
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "dpipe needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -13,19 +17,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(CHARTJS)
 
 demo: setup
 	$(PY) -m pipelines.generate --output $(SAMPLE) --lines 200000 --days 3
 	rm -rf out/demo
 	$(PY) -m pipelines.backfill --config templates/jobs/engine.als.yaml \
 		--input '$(SAMPLE)/logs/*' --output out/demo
+	@echo "dashboard: $(CURDIR)/out/demo/report.html (or: $(PY) -m pipelines.dashboard --output out/demo)"
 
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: lint tools
+test: lint tools browser
 	$(PY) -m pytest
 
 # Local streaming servers built with Go from the module proxy into .tools/ (nothing under $$HOME): Beam's
@@ -44,6 +49,20 @@ tools: .tools/bin/prism .tools/bin/pstest
 
 .tools/bin/pstest: tests/servers/pstest/main.go tests/servers/pstest/go.mod tests/servers/pstest/go.sum
 	cd tests/servers/pstest && $(GOENV) $(GO) build -o $(TOOLS)/bin/pstest .
+
+$(CHARTJS):
+	@command -v npm >/dev/null || { echo "the dashboard's chart library comes from npm: install Node.js"; exit 1; }
+	mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent --cache $(TOOLS)/npm/cache chart.js@$(CHARTJS_VERSION) >/dev/null
+	tar -xzf $(TOOLS)/npm/chart.js-$(CHARTJS_VERSION).tgz -C $(TOOLS)/npm package/dist/chart.umd.min.js
+	mkdir -p $(dir $@) && cp $(TOOLS)/npm/package/dist/chart.umd.min.js $@
+
+# The browser tests' headless Chromium and its driver, from Debian (root, as on CI; skipped once installed).
+browser: /usr/bin/chromedriver
+
+/usr/bin/chromedriver:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium chromium-driver
 
 # The SDK harness image for Flink (templates/flink/sdk.Dockerfile): Beam's Python SDK image of the pinned Beam
 # version with dpipe installed. Where no Docker daemon answers it builds nothing and fails (exit 2) saying so.

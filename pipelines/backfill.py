@@ -171,6 +171,20 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
     return "\n".join(out)
 
 
+def write_backfill_report(output: str) -> str | None:
+    """OUTPUT/report.html, the dashboard's pages as one offline file; local outputs only (None otherwise)."""
+    from connectors.dashboard import MissingChartLibrary, write_report
+    from connectors.dashboard.data import load
+
+    if "://" in output:
+        return None
+    try:
+        return str(write_report(output, load(output)))
+    except MissingChartLibrary as err:
+        log.warning("no report.html: %s", err)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     setup_logging()
@@ -183,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpipe: {err}", file=sys.stderr)
         return 2
     print(format_summary(summary, args.output, time.monotonic() - started))
+    report = write_backfill_report(args.output)
+    if report:
+        print(f"  report        {report}")
     if job.funnels:
         print(format_funnels(read_results(args.output)))
     for message in file_error_lines(summary):

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_gateway", action="store_true", help="a gateway runs apart; only read the spool")
     parser.add_argument("--port", type=int, help="the in-process gateway's port (default: the config's, 8080)")
     parser.add_argument("--subscription", metavar="projects/P/subscriptions/S", help="with --source pubsub")
+    parser.add_argument("--dashboard_port", type=int, metavar="N",
+                        help="serve the live dashboard and /healthz, /status, /metrics on this port (0: any)")
     parser.add_argument("--idle_stop", type=float, metavar="S", help="end after S seconds without input (tests)")
     return parser.parse_known_args(argv)
 
@@ -168,15 +171,19 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     spool = Path(args.spool or job.gateway.spool or Path(args.output).parent / "spool")
     prism = LocalPrism(Path(args.output) / "_stream" / "prism.log") if uses_local_prism(beam_args, args.source) \
         else None
-    gateway = None
+    gateway = dashboard = None
     try:
         options = stream_options(beam_args, args.source, prism.endpoint if prism else None)
         check_stream(options, args.source, str(spool))
         FileSystems.set_options(options)
         if args.source == "spool" and not args.no_gateway:
             gateway = start_gateway(args.config, spool, args.port)
-        return supervise(beam.Pipeline(options=options), job, args, spool, prism)
+        if args.dashboard_port is not None:
+            dashboard = start_dashboard(args, spool, gateway, options)
+        return supervise(beam.Pipeline(options=options), job, args, spool, prism, dashboard)
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         if gateway is not None:
             print("dpipe stream: stopping the gateway", flush=True)
             gateway.stop()
@@ -230,12 +237,27 @@ def start_gateway(config: str | None, spool: Path, port: int | None) -> GatewayP
     return gateway
 
 
+def start_dashboard(args: argparse.Namespace, spool: Path, gateway: GatewayProcess | None,
+                    options: PipelineOptions) -> Any:
+    """--dashboard_port: the live dashboard and admin API beside the job (connectors.dashboard)."""
+    from connectors.dashboard import StreamStatus, serve_in_thread
+
+    status = StreamStatus(options.view_as(StandardOptions).runner or "PrismRunner", args.output,
+                          [{"name": args.source, "path": args.subscription or str(spool)}], gateway and gateway.url)
+    try:
+        dashboard = serve_in_thread(args.output, args.dashboard_port, status)
+    except RuntimeError as err:  # the port is taken, or Chart.js is missing (`make setup`)
+        raise UsageError(str(err)) from None
+    print(f"dpipe stream: dashboard on {dashboard.url}", flush=True)
+    return dashboard
+
+
 def _finished(state: str) -> bool:
     return state.endswith(("DONE", "FAILED", "CANCELLED"))
 
 
 def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace, spool: Path,
-              prism: LocalPrism | None) -> int:
+              prism: LocalPrism | None, dashboard: Any = None) -> int:
     """Run the job until it ends or a signal stops it (module docstring): one line per step, no traceback."""
     from connectors.spool_source import commit_drain, drained, request_drain, reset_drain
 
@@ -250,6 +272,8 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
     for handler in logging.getLogger().handlers:
         handler.addFilter(_RunnerGone())
     result = pipeline.run()
+    if dashboard is not None:
+        dashboard.status.result = result
     runner = pipeline.options.view_as(StandardOptions).runner or "PrismRunner"
     print(f"dpipe stream: running on {runner}, output {args.output}", flush=True)
     stop_at = None
