@@ -8,11 +8,14 @@ byte lies inside it, so ranges never lose or repeat a line wherever they are cut
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import logging
 import os
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -23,6 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.als import MAX_LINE_BYTES
 from transforms.category import UnknownCategory, category_from_path
 from transforms.event import LineBatch
 
@@ -88,13 +92,16 @@ def plan_ranges(path: str, size: int, chunk_bytes: int) -> list[FileRange]:
 
 
 def iter_line_blocks(
-    stream: BinaryIO, start: int = 0, end: int | None = None, block_bytes: int = 4 << 20
+    stream: BinaryIO, start: int = 0, end: int | None = None, block_bytes: int = 4 << 20,
+    max_line: int | None = MAX_LINE_BYTES,
 ) -> Iterator[tuple[list[int], list[bytes]]]:
     """Yield (offsets, lines) for every line whose first byte lies in [start, end), block by block.
 
     Lines are split on `\\n` (which is removed); offsets are byte offsets of each line's start in the stream.
     A range that starts inside a line leaves that line to the range before it, which reads past its own end
     to finish it. A last line without `\\n` is still a line; the empty string after a final `\\n` is not.
+    A line longer than `max_line` comes cut to its first `max_line + 1` bytes (the parser makes it a `line too
+    long` dead letter); the rest is skipped as it is read, so memory stays within a block and `max_line`.
     """
     if start > 0:
         stream.seek(start - 1)  # begin on the byte before: if it is '\n', the first piece is empty
@@ -102,18 +109,41 @@ def iter_line_blocks(
     else:
         pos, skip_first = 0, False
     tail = b""
+    long_len = -1  # >= 0: skipping the rest of an over-long line (tail holds its cut start)
     while True:
         block = stream.read(block_bytes)
+        eof = not block
+        offsets: list[int] = []
+        lines: list[bytes] = []
+        if long_len >= 0:
+            newline = block.find(b"\n")
+            if newline < 0 and not eof:
+                long_len += len(block)
+                continue
+            long_len += max(newline, 0)
+            if skip_first:
+                skip_first = False
+            elif end is not None and pos >= end:
+                return
+            else:
+                offsets.append(pos)
+                lines.append(tail)
+            pos += long_len + 1
+            tail, long_len = b"", -1
+            if eof:
+                yield offsets, lines
+                return
+            block = block[newline + 1:]
         data = tail + block if tail else block
-        if not block:
+        if eof:
             if not data:
+                if lines:
+                    yield offsets, lines
                 return
             pieces, tail = [data], b""
         else:
             pieces = data.split(b"\n")
             tail = pieces.pop()
-        offsets: list[int] = []
-        lines: list[bytes] = []
         finished = False
         for piece in pieces:
             if skip_first:
@@ -123,23 +153,93 @@ def iter_line_blocks(
                 break
             else:
                 offsets.append(pos)
-                lines.append(piece)
+                lines.append(piece if max_line is None or len(piece) <= max_line else piece[:max_line + 1])
             pos += len(piece) + 1
         if lines:
             yield offsets, lines
-        if finished or not block:
+        if finished or eof:
             return
+        if max_line is not None and len(tail) > max_line:
+            tail, long_len = tail[:max_line + 1], len(tail)
+
+
+class FileError(Exception):
+    """A file that cannot be read to its end: the reason, phrased for the user."""
+
+
+def describe_read_error(err: Exception) -> str:
+    """Why a file could not be read (wholly), in a few words and the library's own."""
+    if isinstance(err, IsADirectoryError):
+        return "is a folder: give a glob of its files, such as DIR/* or DIR/**"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, EOFError):
+        return "truncated: the compressed data ends before its end marker"
+    if isinstance(err, gzip.BadGzipFile | zlib.error):
+        return f"not valid gzip data: {err}"
+    if isinstance(err, OSError) and "Invalid data stream" in str(err):
+        return "not valid bzip2 data"
+    return f"{type(err).__name__}: {err}"
+
+
+class _UpToTheDamage:
+    """A decompressing reader whose read() returns what decompressed before an error, and raises the error
+    at the next call: the lines before a truncation or corruption are read, then the file is reported."""
+
+    def __init__(self, stream: gzip.GzipFile | bz2.BZ2File, piece: int = 1 << 16) -> None:
+        self._stream, self._piece = stream, piece
+        self._error: Exception | None = None
+
+    def read(self, size: int) -> bytes:
+        if self._error is not None:
+            raise self._error
+        parts, got = [], 0
+        while got < size:
+            try:
+                part = self._stream.read1(min(self._piece, size - got))
+            except (OSError, EOFError, zlib.error) as err:
+                if not parts:
+                    raise
+                self._error = err
+                break
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def __enter__(self) -> _UpToTheDamage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+
+def open_decompressed(path: str) -> BinaryIO:
+    """The file's bytes, decompressed for .gz and .bz2 with Python's readers, which raise at a truncated end,
+    on corrupt data and on data after the last stream (Beam's reader stops silently at a truncated end)."""
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    kind = CompressionTypes.detect_compression_type(path)
+    if kind == CompressionTypes.GZIP:
+        return _UpToTheDamage(gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[return-value]
+    if kind == CompressionTypes.BZIP2:
+        return _UpToTheDamage(bz2.BZ2File(raw))  # type: ignore[return-value]
+    return raw
 
 
 def read_range(rng: FileRange, block_bytes: int = 4 << 20) -> Iterator[LineBatch]:
-    """The lines of a range, block by block, as LineBatches named after the range (its shard)."""
+    """The lines of a range, block by block, as LineBatches named after the range (its shard). Raises
+    FileError when the file cannot be read to its end (the batches before it were good)."""
     try:
         category, category_error = category_from_path(rng.path), None
     except UnknownCategory as err:
         category, category_error = None, str(err)
-    with FileSystems.open(rng.path, compression_type=CompressionTypes.AUTO) as stream:
-        for seq, (offsets, lines) in enumerate(iter_line_blocks(stream, rng.start, rng.end, block_bytes)):
-            yield LineBatch(rng.path, rng.shard, seq, category, offsets, lines, category_error)
+    try:
+        with open_decompressed(rng.path) as stream:
+            for seq, (offsets, lines) in enumerate(iter_line_blocks(stream, rng.start, rng.end, block_bytes)):
+                yield LineBatch(rng.path, rng.shard, seq, category, offsets, lines, category_error)
+    except (OSError, EOFError, zlib.error) as err:
+        raise FileError(describe_read_error(err)) from None
 
 
 class _Progress:
@@ -176,22 +276,26 @@ class _ReadRangesDoFn(beam.DoFn):
 
     def process(self, rng: FileRange) -> Iterator[LineBatch | beam.pvalue.TaggedOutput]:
         lines_read = bytes_read = 0
-        for batch in read_range(rng, self._block_bytes):
-            n = len(batch.lines)
-            nbytes = sum(map(len, batch.lines)) + n
-            lines_read += n
-            bytes_read += nbytes
-            self._lines.inc(n)
-            self._bytes.inc(nbytes)
-            if self._progress:
-                self._progress.add(n, nbytes)
-            yield batch
+        failure = None
+        try:
+            for batch in read_range(rng, self._block_bytes):
+                n = len(batch.lines)
+                nbytes = sum(map(len, batch.lines)) + n
+                lines_read += n
+                bytes_read += nbytes
+                self._lines.inc(n)
+                self._bytes.inc(nbytes)
+                if self._progress:
+                    self._progress.add(n, nbytes)
+                yield batch
+        except FileError as err:  # reported per file; the lines read before it go on, the other files too
+            failure = str(err)
         if self._progress:
             self._progress.ranges += 1
-        yield beam.pvalue.TaggedOutput(
-            STATS,
-            {"lines_read": lines_read, "bytes_read": bytes_read, "files_read": int(rng.start == 0)},
-        )
+        stats: dict = {"lines_read": lines_read, "bytes_read": bytes_read, "files_read": int(rng.start == 0)}
+        if failure is not None:
+            stats["file_errors"] = {rng.path: {failure: lines_read}}
+        yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
 class ReadArchives(beam.PTransform):

@@ -1,13 +1,16 @@
 """The HTTP gateway: collectors POST ALS lines, the gateway answers 200 only once a LineSink made them durable.
 
-    POST /v1/logs/{category}   body: lines separated by \\n (or \\r\\n), optionally Content-Encoding: gzip
+    POST /v1/logs/{category}   body: lines separated by \\n (or \\r\\n), optionally Content-Encoding: gzip;
+                               optional Idempotency-Key header: a retry with the same key is not written twice
     GET  /healthz              200 {"status": "ok"}, 503 once the sink's writer died
-    GET  /metrics              Prometheus text format
+    GET  /metrics              Prometheus text format (needs a token when tokens are configured)
 
 Lines are not parsed here (bad lines become dead letters in the pipeline, with their source); the gateway
-only enforces sizes, auth and back-pressure: 429 with Retry-After while the sink is full, 503 while shutting
-down. `Gateway` holds these semantics apart from the server library; `GatewayServer` serves it with aiohttp
-(chosen by measurement against uvicorn + httptools with `bench/gateway.py`: as fast, one package, embeddable).
+only enforces sizes, auth and back-pressure: 429 with Retry-After while the sink is full, a token is over its
+rate or the bytes in flight are at their bound; 507 when the disk is full; 503 while shutting down. Every
+refused request is one log line. `Gateway` holds these semantics apart from the server library;
+`GatewayServer` serves it with aiohttp (chosen by measurement against uvicorn + httptools with
+`bench/gateway.py`: as fast, one package, embeddable).
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hmac
 import logging
+import math
+import ssl
+import time
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpVersion10
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.spool import CATEGORY, LineSink, SinkError, SpoolWriter
+from connectors.spool import CATEGORY, LineSink, SinkBusy, SinkError, SinkFull, SpoolWriter, WriteFailed
+from transforms.category import MAX_CATEGORY, camel_case, camel_case_glob
 
 log = logging.getLogger("dpipe.gateway")
 
@@ -34,21 +44,27 @@ LOGS_PREFIX = "/v1/logs/"
 RETRY_FULL_SECONDS = 1
 RETRY_UNAVAILABLE_SECONDS = 5
 SINK_DEAD = "the sink's writer died; restart the gateway"
+MAX_KEY_CHARS = 200
 
 
 class TokenSettings(BaseModel):
-    """A bearer token of one project, allowed to post to the categories matching its globs."""
+    """A bearer token of one project, allowed to post to the categories matching its globs (matched on the
+    archive's camel-case names, see `camel_case_glob`), at most `max_requests_per_second` (burst: one
+    second's worth) when set."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     project: str = Field(min_length=1)
     token: str = Field(min_length=16)
     categories: list[str] = Field(default=["*"], min_length=1)
+    max_requests_per_second: float | None = Field(default=None, gt=0)
 
 
 class GatewaySettings(BaseModel):
     """The `gateway:` section of a job config. With no tokens, auth is off. Memory is bounded by
-    max_in_flight x max_body_bytes: more concurrent posts get 429."""
+    max_in_flight_bytes (bodies as received plus decompressed; about 3x that at peak, measured): a post
+    that would pass it, or more than max_in_flight concurrent posts, gets 429. A body that pauses for
+    read_timeout or takes longer than body_timeout in all gets 408."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,16 +75,39 @@ class GatewaySettings(BaseModel):
     max_line_bytes: int = Field(default=2**20, gt=0)
     max_lines: int = Field(default=100_000, gt=0)
     max_in_flight: int = Field(default=64, gt=0)
+    max_in_flight_bytes: int = Field(default=192 * 2**20, gt=0)
+    read_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=60.0, gt=0)
+    drain_seconds: float = Field(default=5.0, ge=0)
     max_spool_bytes: int = Field(default=2**30, gt=0)
     segment_bytes: int = Field(default=64 * 2**20, gt=0)
     segment_seconds: float = Field(default=5.0, gt=0)
+    max_open_segments: int = Field(default=256, gt=0)
+    idempotency_seconds: float = Field(default=3600.0, gt=0)
+    idempotency_keys: int = Field(default=100_000, gt=0)
     fsync: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     tokens: list[TokenSettings] = []
 
     def spool_writer(self) -> SpoolWriter:
         if self.spool is None:
             raise ValueError("the gateway needs a spool directory")
-        return SpoolWriter(self.spool, self.segment_bytes, self.segment_seconds, self.max_spool_bytes, self.fsync)
+        return SpoolWriter(self.spool, self.segment_bytes, self.segment_seconds, self.max_spool_bytes, self.fsync,
+                           self.max_open_segments, self.idempotency_seconds, self.idempotency_keys)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS when tls_cert is set (tls_key: the key file, unless it is in the certificate file)."""
+        if self.tls_cert is None:
+            if self.tls_key is not None:
+                raise ValueError("gateway.tls_key needs gateway.tls_cert")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ValueError(f"cannot load the TLS certificate {self.tls_cert}: {err}") from None
+        return context
 
 
 @dataclass
@@ -89,7 +128,8 @@ class Rejected(Exception):
 
 
 BodyReader = Callable[[int], Awaitable[bytes | None]]
-"""Reads the whole request body, or returns None as soon as it exceeds the given number of bytes."""
+"""Reads the whole request body, or returns None as soon as it exceeds the given number of bytes; raises
+TimeoutError when the client stalls."""
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
@@ -125,6 +165,46 @@ def split_lines(body: bytes, max_line_bytes: int, max_lines: int) -> list[bytes]
     return lines
 
 
+class RateLimit:
+    """A token bucket: `rate` requests per second, bursts of up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+def check_key(value: str | None) -> str | None:
+    """The Idempotency-Key header: up to MAX_KEY_CHARS printable ASCII characters, or absent."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= MAX_KEY_CHARS or not value.isascii() or not value.isprintable():
+        raise Rejected(400, f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters")
+    return value
+
+
+def sink_refusal(err: Exception) -> Rejected:
+    """The answer to a sink that did not make a request durable: the client retries all but nothing."""
+    if isinstance(err, SinkFull):
+        return Rejected(429, str(err), RETRY_FULL_SECONDS)
+    if isinstance(err, SinkBusy):
+        return Rejected(409, str(err), RETRY_FULL_SECONDS)
+    if isinstance(err, WriteFailed) and err.storage:
+        return Rejected(507, str(err), RETRY_UNAVAILABLE_SECONDS)
+    return Rejected(503, str(err), RETRY_UNAVAILABLE_SECONDS)
+
+
 class Gateway:
     """The gateway's HTTP semantics over a LineSink, independent of the server library."""
 
@@ -132,20 +212,30 @@ class Gateway:
         self.settings = settings
         self.sink = sink
         self.draining = False
-        self._tokens = {t.token: t for t in settings.tokens}
+        self._tokens = [(t.token.encode(), t) for t in settings.tokens]
+        self._limits = {t.token: RateLimit(t.max_requests_per_second) for t in settings.tokens
+                        if t.max_requests_per_second}
         self._in_flight = 0
+        self._in_flight_bytes = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.requests: Counter[int] = Counter()
         self.lines = 0
         self.bytes = 0
+        self.duplicates = 0
 
-    async def handle(self, method: str, path: str, headers: Mapping[str, str], read_body: BodyReader) -> Response:
-        """Answer one request; `headers` with lower-case names."""
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def handle(self, method: str, path: str, headers: Mapping[str, str], read_body: BodyReader,
+                     peer: str = "") -> Response:
+        """Answer one request; `headers` with lower-case names. A refusal is logged as one line."""
         try:
             response = await self._route(method, path, headers, read_body)
         except Rejected as err:
             response = Response(err.status, orjson.dumps({"error": str(err)}), headers=err.headers)
+            log.warning("gateway: %s %s from %s: %d %s", method, path[:200], peer or "?", err.status, err)
         self.requests[response.status] += 1
         return response
 
@@ -156,10 +246,12 @@ class Gateway:
                 raise Rejected(405, f"{method} not allowed; use POST", Allow="POST")
             return await self._post(path[len(LOGS_PREFIX):], headers, read_body)
         if path not in routes:
-            raise Rejected(404, f"no such path: {path}; POST lines to {LOGS_PREFIX}{{category}}")
+            raise Rejected(404, f"no such path: {path[:200]}; POST lines to {LOGS_PREFIX}{{category}}")
         allowed, answer = routes[path]
         if method not in (allowed, "HEAD"):
             raise Rejected(405, f"{method} not allowed; use {allowed}", Allow=allowed)
+        if path == "/metrics":
+            self._grant(headers.get("authorization"))  # what is posted, by whom, is not public
         return answer()
 
     def _health(self) -> Response:
@@ -173,9 +265,10 @@ class Gateway:
     async def _post(self, category: str, headers: Mapping[str, str], read_body: BodyReader) -> Response:
         settings = self.settings
         if not CATEGORY.fullmatch(category):
-            raise Rejected(400, f"bad category name {category!r}: expected letters, digits and _, "
-                                "starting with a letter")
+            raise Rejected(400, f"bad category name {category[:MAX_CATEGORY + 20]!r}: expected letters, digits "
+                                f"and _, starting with a letter, at most {MAX_CATEGORY} characters")
         self._authorize(category, headers.get("authorization"))
+        key = check_key(headers.get("idempotency-key"))
         if self.draining or not self.sink.healthy():
             raise Rejected(503, "shutting down" if self.draining else SINK_DEAD,
                            RETRY_UNAVAILABLE_SECONDS)
@@ -189,47 +282,82 @@ class Gateway:
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip"):
             raise Rejected(415, f"Content-Encoding {encoding} not supported; use gzip or none")
+        # what the body may take in memory: as received, plus decompressed (up to the body limit)
+        reserved = int(length) if length is not None else settings.max_body_bytes
+        if encoding != "identity":
+            reserved += settings.max_body_bytes
+        if self._in_flight and self._in_flight_bytes + reserved > settings.max_in_flight_bytes:
+            raise Rejected(429, f"{self._in_flight_bytes} body bytes in flight; retry later", RETRY_FULL_SECONDS)
         self._in_flight += 1
+        self._in_flight_bytes += reserved
         self._idle.clear()
         try:
-            body = await read_body(settings.max_body_bytes)
+            try:
+                body = await read_body(settings.max_body_bytes)
+            except TimeoutError:
+                raise Rejected(408, f"the body stalled (read_timeout {settings.read_timeout:g} s, body_timeout "
+                                    f"{settings.body_timeout:g} s)") from None
             if body is None:
                 raise Rejected(413, f"body is larger than {settings.max_body_bytes} bytes")
             if encoding != "identity":
                 body = gunzip(body, settings.max_body_bytes)
+            size = len(body)
             lines = split_lines(body, settings.max_line_bytes, settings.max_lines)
+            del body
             try:
-                await self.sink.append(category, lines)
+                written = await self.sink.append(category, lines, key)
             except Exception as err:  # not durable, whatever the sink's reason: the client retries
                 if not isinstance(err, SinkError):
                     log.warning("gateway: %s append failed: %r", category, err)
-                raise Rejected(503, str(err), RETRY_UNAVAILABLE_SECONDS) from None
+                raise sink_refusal(err) from None
         finally:
             self._in_flight -= 1
+            self._in_flight_bytes -= reserved
             if not self._in_flight:
                 self._idle.set()
+        if written is False:
+            self.duplicates += 1
+            return Response(200, b'{"accepted":%d,"duplicate":true}' % len(lines))
         self.lines += len(lines)
-        self.bytes += len(body)
+        self.bytes += size
         return Response(200, b'{"accepted":%d}' % len(lines))
 
-    def _authorize(self, category: str, authorization: str | None) -> None:
+    def _grant(self, authorization: str | None) -> TokenSettings | None:
+        """The token's grant (None with auth off); every configured token is compared, in constant time."""
         if not self._tokens:
-            return
+            return None
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Rejected(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
-        grant = self._tokens.get(token.strip())
+        given = token.encode("utf-8", "surrogateescape")
+        grant = None
+        for secret, settings in self._tokens:
+            if hmac.compare_digest(secret, given):
+                grant = settings
         if grant is None:
             raise Rejected(401, "invalid bearer token", **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        if not any(fnmatch.fnmatchcase(category, glob) for glob in grant.categories):
-            raise Rejected(403, f"project {grant.project} may not post to category {category}")
+        return grant
 
-    async def drain(self, timeout: float) -> None:
-        """Refuse new posts (503) and wait for the ones in flight to be acknowledged."""
+    def _authorize(self, category: str, authorization: str | None) -> None:
+        grant = self._grant(authorization)
+        if grant is None:
+            return
+        name = camel_case(category)  # the archive's name: two spellings of one category get one answer
+        if not any(fnmatch.fnmatchcase(name, camel_case_glob(glob)) for glob in grant.categories):
+            raise Rejected(403, f"project {grant.project} may not post to category {category}")
+        limit = self._limits.get(grant.token)
+        if limit is not None and (wait := limit.take()):
+            raise Rejected(429, f"project {grant.project} is over {limit.rate:g} requests/s; retry later",
+                           max(1, math.ceil(wait)))
+
+    async def drain(self, timeout: float) -> int:
+        """Refuse new posts (503) and wait up to `timeout` for those in flight; returns how many are left."""
         self.draining = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
+        return self._in_flight
 
     def metrics(self) -> str:
         """Prometheus text exposition: the gateway's counters, then the sink's stats (see LineSink.stats)."""
@@ -238,6 +366,10 @@ class Gateway:
         out += [f'dpipe_gateway_requests_total{{code="{code}"}} {n}' for code, n in sorted(self.requests.items())]
         gauges = {"dpipe_gateway_lines_total": ("counter", "Lines accepted (made durable).", self.lines),
                   "dpipe_gateway_bytes_total": ("counter", "Body bytes accepted, after decompression.", self.bytes),
+                  "dpipe_gateway_duplicates_total": ("counter", "Retried requests acknowledged by their "
+                                                                "Idempotency-Key, not written again.", self.duplicates),
+                  "dpipe_gateway_in_flight_bytes": ("gauge", "Body bytes reserved by requests under way.",
+                                                    self._in_flight_bytes),
                   "dpipe_gateway_sink_full": ("gauge", "1 while posts are refused with 429.", int(self.sink.full())),
                   "dpipe_gateway_up": ("gauge", "0 once the sink's writer died.", int(self.sink.healthy()))}
         for name, (kind, text, value) in gauges.items():
@@ -256,29 +388,62 @@ class Gateway:
         return "\n".join(out) + "\n"
 
 
-async def _read_aiohttp(request: web.Request, limit: int) -> bytes | None:
-    body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+async def _read_aiohttp(request: web.Request, limit: int, read_timeout: float, body_timeout: float
+                        ) -> bytes | None:
+    """The body, or None past `limit` bytes; TimeoutError when a read waits `read_timeout` or the whole body
+    takes `body_timeout` (slow clients must not hold a slot for ever)."""
+    chunks, size = [], 0
+    async with asyncio.timeout(body_timeout):
+        while chunk := await asyncio.wait_for(request.content.readany(), read_timeout):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
+    return b"".join(chunks)  # bytes: lines go to sinks (Pub/Sub) that take nothing else
+
+
+class _OneLineLogger(logging.LoggerAdapter):
+    """aiohttp's server logger without tracebacks: a malformed request is one warning line, not a stack
+    (aiohttp logs TLS or other non-HTTP traffic at debug level: that is a refusal too)."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
+        reason = exc_info if isinstance(exc_info, BaseException) else None
+        text = " ".join(str(reason).split())[:300] if reason is not None else ""
+        self.logger.warning("gateway: %s: %s%s", msg % args if args else msg, type(reason).__name__ if reason
+                            else "error", f": {text}" if text else "")
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), BaseException):
+            self.exception(msg, *args, **kwargs)
+        else:
+            self.logger.debug(msg, *args, **kwargs)
 
 
 class GatewayServer:
     """The gateway on aiohttp: `await start()`, then `port`; `await stop()` drains, then closes the sink."""
 
-    def __init__(self, settings: GatewaySettings, sink: LineSink | None = None, drain_seconds: float = 30) -> None:
+    def __init__(self, settings: GatewaySettings, sink: LineSink | None = None,
+                 drain_seconds: float | None = None) -> None:
         self.settings = settings
         self.sink = sink if sink is not None else settings.spool_writer()
         self.gateway = Gateway(settings, self.sink)
-        self.drain_seconds = drain_seconds
+        self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.port = settings.port
         self._runner: web.AppRunner | None = None
 
     async def _handler(self, request: web.Request) -> web.StreamResponse:
-        response = await self.gateway.handle(request.method, request.path, request.headers,
-                                             lambda limit: _read_aiohttp(request, limit))
+        settings = self.settings
+        if request.version < HttpVersion10:  # HTTP/0.9 has no headers: no length, no encoding, no token
+            log.warning("gateway: %s %s from %s: 400 HTTP/0.9 request refused", request.method, request.path[:200],
+                        request.remote)
+            self.gateway.requests[400] += 1
+            answer = web.Response(status=400, text='{"error":"HTTP/0.9 is not supported"}')
+            answer.force_close()
+            return answer
+        response = await self.gateway.handle(
+            request.method, request.path, request.headers,
+            lambda limit: _read_aiohttp(request, limit, settings.read_timeout, settings.body_timeout),
+            request.remote or "")
         answer = web.Response(status=response.status, body=response.body,
                               headers={"Content-Type": response.content_type, **response.headers})
         if not request.content.at_eof():
@@ -286,20 +451,33 @@ class GatewayServer:
         return answer
 
     async def start(self) -> None:
+        context = self.settings.ssl_context()
         app = web.Application()  # bodies are read by _read_aiohttp, with max_body_bytes
         app.router.add_route("*", "/{tail:.*}", self._handler)
-        # auto_decompress off: gunzip() inflates with the body limit, and other encodings get a clear 415
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        # auto_decompress off: gunzip() inflates with the body limit, and other encodings get a clear 415;
+        # shutdown_timeout: after the drain's grace period, what is still running is cancelled at once
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                                     shutdown_timeout=0.5, logger=_OneLineLogger(logging.getLogger("dpipe.gateway")))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True,
+                           ssl_context=context)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        log.info("gateway listening on http://%s:%d, spool %s", self.settings.host, self.port, self.settings.spool)
+        scheme = "https" if context else "http"
+        log.info("gateway listening on %s://%s:%d, spool %s", scheme, self.settings.host, self.port,
+                 self.settings.spool)
 
     async def stop(self) -> None:
-        """Answer 503 to new posts, let those in flight finish, stop listening, flush and seal the spool."""
-        await self.gateway.drain(self.drain_seconds)
+        """Answer 503 to new posts, let those in flight finish within the grace period (then cut them off),
+        stop listening, flush and seal the spool: one log line per step."""
+        log.info("gateway: stopping: new posts get 503; %d in flight get %g s to finish", self.gateway.in_flight,
+                 self.drain_seconds)
+        left = await self.gateway.drain(self.drain_seconds)
+        if left:
+            log.info("gateway: %d requests still in flight after %g s: cut off unacknowledged", left,
+                     self.drain_seconds)
         if self._runner is not None:
             await self._runner.cleanup()
+            log.info("gateway: listener closed")
         await self.sink.close()
         log.info("gateway stopped")

@@ -47,12 +47,13 @@ class PubSubSink:
         self._appends: set[asyncio.Future[None]] = set()
         self._closed = False
 
-    async def append(self, category: str, lines: list[bytes]) -> None:
-        """Publishes every line; returns when all are acknowledged, raises if any publish failed."""
+    async def append(self, category: str, lines: list[bytes], key: str | None = None) -> bool:
+        """Publishes every line; returns when all are acknowledged, raises if any publish failed. The
+        idempotency key is not kept: Pub/Sub delivers at least once, so a retry publishes again."""
         if self._closed:
             raise RuntimeError(f"PubSubSink({self.topic}) is closed")
         if not lines:
-            return
+            return True
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._appends.add(done)
@@ -92,6 +93,7 @@ class PubSubSink:
             await done
         finally:
             self._appends.discard(done)
+        return True
 
     def full(self) -> bool:
         """Too many unacknowledged publishes: the gateway should answer 503 / slow down."""

@@ -2,6 +2,8 @@
 
 Counts come from the source (lines read) and from the published files of each sink (rows written), not from
 the steps in between, so `lines_read == events + dead_letters` is a real check that nothing was lost.
+`file_errors` ({path: {reason: lines read before it}}) names the files that could not be read to their end
+(truncated or corrupt compressed data, a folder, no permission): `complete` is false then.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ def finish_summary(counts: dict[str, Any]) -> dict[str, Any]:
     """Fill the always-present keys and the balance check."""
     summary = {"lines_read": 0, "bytes_read": 0, "files_read": 0, "events": 0, "dead_letters": 0, "unmatched": 0}
     summary.update(counts)
-    for key in ("categories", "dead_letter_reasons", "sink_failures", "files", "routes", "decorate", "decorations"):
+    for key in ("categories", "dead_letter_reasons", "sink_failures", "files", "routes", "decorate", "decorations",
+                "file_errors"):
         summary[key] = dict(sorted(summary.get(key, {}).items()))
     summary["balanced"] = summary["lines_read"] == summary["events"] + summary["dead_letters"]
+    summary["complete"] = not summary["file_errors"]  # every input file read to its end
     return summary
 
 

@@ -158,6 +158,9 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         f"  output        {output}  "
         + ", ".join(f"{sink}/ {n} files" for sink, n in summary["files"].items()),
     ]
+    if summary.get("file_errors"):
+        out.append(f"  INCOMPLETE    {len(summary['file_errors'])} files could not be read to their end "
+                   "(listed on stderr and in summary.json file_errors)")
     if summary["balanced"]:
         out.append("  check         lines_read == events + dead_letters: every line is accounted for")
     else:
@@ -199,7 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  report        {report}")
     if job.funnels:
         print(format_funnels(read_results(args.output)))
-    return 0 if summary["balanced"] else 1
+    for message in file_error_lines(summary):
+        print(f"dpipe: {message}", file=sys.stderr)
+    if not summary["balanced"]:
+        return 1
+    return 2 if summary.get("file_errors") else 0
+
+
+def file_error_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per input file that could not be read to its end, with how many of its lines were read."""
+    return [f"{path}: {reason} ({lines:,} lines read before it, processed)"
+            for path, reasons in summary.get("file_errors", {}).items() for reason, lines in reasons.items()]
 
 
 if __name__ == "__main__":

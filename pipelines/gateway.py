@@ -2,7 +2,8 @@
 
 Runs the HTTP gateway in front of a spool directory (see connectors/gateway.py for the API). Prints
 `dpipe gateway listening on http://HOST:PORT` once it accepts (with --port 0, the port the system chose).
-SIGTERM or SIGINT: new posts get 503, those in flight are acknowledged, the spool is fsynced and sealed, exit 0.
+SIGTERM or SIGINT: new posts get 503, those in flight get `drain_seconds` (5 s) to finish and are then cut
+off unacknowledged, the spool is fsynced and sealed, exit 0; one line per step on stderr, no traceback.
 
 In-process use (pipelines.stream): `serve(settings, stop, ready)` in a loop of your own, or `GatewayThread`.
 """
@@ -133,13 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8080; 0: any free port)")
     parser.add_argument("--config", metavar="FILE", help="job YAML; its gateway: section is used")
+    parser.add_argument("--tls_cert", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    parser.add_argument("--tls_key", metavar="PEM", help="the certificate's private key file")
+    parser.add_argument("--drain_seconds", type=float, metavar="S",
+                        help="on SIGTERM/SIGINT, how long requests in flight may take to finish (default 5)")
     parser.add_argument("--pubsub_topic", metavar="projects/P/topics/T",
                         help="publish to this Pub/Sub topic (attribute `category`) instead of the spool")
     args = parser.parse_args(argv)
     setup_logging()
     sink: LineSink | None = None
     try:
-        settings = load_settings(args.config, spool=args.spool, host=args.host, port=args.port)
+        settings = load_settings(args.config, spool=args.spool, host=args.host, port=args.port,
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key, drain_seconds=args.drain_seconds)
         if args.pubsub_topic:
             from connectors.pubsub import PubSubSink
 
@@ -149,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise SettingsError(f"--pubsub_topic: {err}") from None
         elif settings.spool is None:
             raise SettingsError("no spool directory: pass --spool DIR or set gateway.spool in --config")
+        try:
+            settings.ssl_context()  # a bad certificate or key is a config mistake, said before listening
+        except ValueError as err:
+            raise SettingsError(f"{args.config or '<command line>'}: {err}") from None
     except SettingsError as err:
         print(f"dpipe: {err}", file=sys.stderr)
         return 2
@@ -157,13 +167,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(server: GatewayServer) -> None:
         servers.append(server)
-        print(f"dpipe gateway listening on http://{settings.host}:{server.port}", flush=True)
+        scheme = "https" if settings.tls_cert else "http"
+        print(f"dpipe gateway listening on {scheme}://{settings.host}:{server.port}", flush=True)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping(signum: int) -> None:
+            print(f"dpipe gateway: {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, stopping, signum)
         await serve(settings, stop, ready, sink)
 
     try:

@@ -124,5 +124,5 @@ def undone(files: list[InputFile], records: list[WaveRecord]) -> list[InputFile]
 
 def total_summary(records: list[WaveRecord]) -> dict[str, Any]:
     """The summary of the whole backfill: the sum of its waves' counts, checked again."""
-    parts = [{k: v for k, v in r.summary.items() if k != "balanced"} for r in records]
+    parts = [{k: v for k, v in r.summary.items() if k not in ("balanced", "complete")} for r in records]
     return finish_summary(merge_counts(parts))

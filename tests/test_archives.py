@@ -6,6 +6,7 @@ import bz2
 import gzip
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apache_beam.io.filesystem import CompressionTypes
@@ -13,7 +14,15 @@ from apache_beam.io.filesystems import FileSystems
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.archives import FileRange, InputError, check_inputs, iter_line_blocks, plan_ranges
+from connectors.archives import (
+    FileError,
+    FileRange,
+    InputError,
+    check_inputs,
+    iter_line_blocks,
+    plan_ranges,
+    read_range,
+)
 
 
 def expected_lines(data: bytes) -> list[tuple[int, bytes]]:
@@ -92,3 +101,40 @@ def test_check_inputs_fails_on_a_glob_that_matches_nothing(tmp_path: Path) -> No
     check_inputs([str(tmp_path / "*.log")])
     with pytest.raises(InputError, match=r"--input .*\*\.gz: no file matches this pattern"):
         check_inputs([str(tmp_path / "*.log"), str(tmp_path / "*.gz")])
+
+
+long_line = st.one_of(line, st.integers(0, 200).map(lambda n: b"L" * n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(long_line, max_size=20), chunk=st.integers(1, 300), block=st.integers(1, 64),
+       max_line=st.integers(0, 50))
+def test_over_long_lines_come_cut_at_their_own_offset(lines: list[bytes], chunk: int, block: int,
+                                                      max_line: int) -> None:
+    data = b"\n".join(lines)
+    got = []
+    for rng in plan_ranges("f.log", len(data), chunk):
+        for offsets, cut in iter_line_blocks(io.BytesIO(data), rng.start, rng.end, block, max_line):
+            got.extend(zip(offsets, cut, strict=True))
+    assert got == [(offset, text[:max_line + 1]) for offset, text in expected_lines(data)]
+
+
+@pytest.mark.parametrize(("make", "reason", "at_least"), [
+    (lambda d: gzip.compress(d)[:-30], "truncated", 19_000),
+    (lambda d: bz2.compress(d)[:-30], "truncated", 0),  # one bzip2 block: nothing of it can be decoded
+    (lambda d: gzip.compress(d) + b"junk after the stream", "not valid gzip data", 20_000),
+    (lambda d: d, "not valid gzip data", 0),  # plain text named .gz
+])
+def test_a_damaged_compressed_file_is_an_error_after_the_lines_it_had(tmp_path: Path, make: Any,
+                                                                      reason: str, at_least: int) -> None:
+    data = b"".join(b"us,1389913256,{\"i\":%d}\n" % i for i in range(20_000))
+    packed = make(data)
+    suffix = ".bz2" if packed.startswith(b"BZh") else ".gz"
+    path = tmp_path / f"pv_20140117230103_1{suffix}"
+    path.write_bytes(packed)
+    got: list[bytes] = []
+    with pytest.raises(FileError, match=reason):
+        for batch in read_range(FileRange(str(path), 0, None), 4096):
+            got += batch.lines
+    assert got == data.split(b"\n")[:len(got)]  # what came before the damage is good, and is kept
+    assert len(got) >= at_least  # all that decodes, not only the blocks before the one that failed

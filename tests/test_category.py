@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from transforms.category import UnknownCategory, camel_case, category_from_path
+from transforms.category import MAX_CATEGORY, UnknownCategory, camel_case, camel_case_glob, category_from_path
 
 
 @pytest.mark.parametrize(
@@ -38,3 +40,20 @@ def test_unknown_shapes_are_errors_not_crashes(path: str) -> None:
 def test_camel_case_keeps_the_first_chunk_and_capitalises_only_first_letters() -> None:
     assert camel_case("ffs.client.Error") == "ffsClientError"
     assert camel_case("rc_detail_xY") == "rcDetailXY"
+
+
+def test_long_names_are_bounded_distinct_safe_file_names() -> None:
+    long_a, long_b = "c" * 234, "c" * 233 + "d"
+    a, b = camel_case(long_a), camel_case(long_b)
+    assert len(a) == len(b) == MAX_CATEGORY and a != b  # cut, but still one name per category
+    assert a.startswith("c" * 80) and re.fullmatch(r"[0-9A-Za-z_]+", a)
+    assert camel_case("c" * MAX_CATEGORY) == "c" * MAX_CATEGORY  # up to the bound: unchanged
+    assert category_from_path(f"/x/{'a_' * 120}b.0.log") == camel_case("a_" * 120 + "b")
+    assert len(f"category={a}") < 255
+
+
+@pytest.mark.parametrize(("glob", "normalised"), [
+    ("mongo_*", "mongo*"), ("mongoErr", "mongoErr"), ("*", "*"), ("pay_[ab]x", "pay[ab]x"), ("a_?_b", "a?B"),
+])
+def test_globs_are_normalised_like_category_names(glob: str, normalised: str) -> None:
+    assert camel_case_glob(glob) == normalised

@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from connectors.gateway import GatewaySettings
-from connectors.spool import list_segments, spool_lines
+from connectors.spool import list_segments, spool_bytes, spool_lines
 from pipelines.gateway import GatewayThread, main
 
 TOKEN_A = "token-of-project-a-0123456789"
@@ -89,10 +89,11 @@ class GatedSink:
         self.gate = threading.Event()
         self.lines: list[bytes] = []
 
-    async def append(self, category: str, lines: list[bytes]) -> None:
+    async def append(self, category: str, lines: list[bytes], key: str | None = None) -> bool:
         while not self.gate.is_set():
             await asyncio.sleep(0.01)
         self.lines += lines
+        return True
 
     def full(self) -> bool:
         return False
@@ -169,10 +170,12 @@ def test_tokens(start: Callable[..., GatewayThread]) -> None:
 
 
 def test_full_spool_answers_429_with_retry_after(start: Callable[..., GatewayThread]) -> None:
-    gateway = start(max_spool_bytes=100)
-    assert post(gateway.url, "pv", b"a,1,{}\n" * 20)[0] == 200  # 140 bytes: now over the limit
+    gateway = start(max_spool_bytes=140)
+    assert post(gateway.url, "pv", b"a,1,{}\n" * 21)[0] == 429  # 147 bytes would pass the bound: not written
+    assert post(gateway.url, "pv", b"a,1,{}\n" * 20)[0] == 200  # 140 bytes: now at the limit
     status, headers, answer = post(gateway.url, "pv", b"b,1,{}")
     assert (status, headers["Retry-After"], answer) == (429, "1", {"error": "spool full; retry later"})
+    assert spool_bytes(gateway.settings.spool) == 140
 
 
 def test_shutting_down_answers_503_with_retry_after(start: Callable[..., GatewayThread]) -> None:
@@ -183,18 +186,24 @@ def test_shutting_down_answers_503_with_retry_after(start: Callable[..., Gateway
     assert (status, headers["Retry-After"], answer) == (503, "5", {"error": "shutting down"})
 
 
-def test_healthz_and_a_dead_writer(start: Callable[..., GatewayThread], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_healthz_and_a_full_disk_that_frees_up(start: Callable[..., GatewayThread], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     gateway = start()
     assert call(gateway.url, "GET", "/healthz")[:3:2] == (200, {"status": "ok"})
+    real, full = os.fdatasync, {"on": True}
 
-    def broken(fd: int) -> None:
-        raise OSError(28, "No space left on device")
+    def disk(fd: int) -> None:
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        real(fd)
 
-    monkeypatch.setattr(os, "fdatasync", broken)
-    status, _, answer = post(gateway.url, "pv", b"a,1,{}")
-    assert status == 503 and "No space left on device" in answer["error"]
-    assert call(gateway.url, "GET", "/healthz")[0] == 503
-    assert post(gateway.url, "pv", b"a,1,{}")[0] == 503
+    monkeypatch.setattr(os, "fdatasync", disk)
+    status, headers, answer = post(gateway.url, "pv", b"a,1,{}")
+    assert (status, headers["Retry-After"]) == (507, "5") and "No space left on device" in answer["error"]
+    assert call(gateway.url, "GET", "/healthz")[0] == 200  # the writer lives on
+    full["on"] = False
+    assert post(gateway.url, "pv", b"b,2,{}")[0] == 200  # recovered without a restart
+    assert [line for *_, line in spool_lines(tmp_path / "spool")] == [b"b,2,{}"]  # the refused line is gone
 
 
 def test_metrics_count_requests_lines_bytes_and_fsyncs(start: Callable[..., GatewayThread]) -> None:
@@ -243,6 +252,14 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, capsys: pytest.Capt
 # ---- kill -9 in the middle of a stream ----
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll until `condition()` holds (a deadline, never a fixed wait)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 class GatewayProcess:
     """`python -m pipelines.gateway` on a free port; `url` once it listens."""
 
@@ -289,13 +306,13 @@ def test_kill_9_loses_no_acknowledged_line_and_leaves_no_partial_line(tmp_path: 
     workers = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(acked) >= 4000, "lines acknowledged before the kill")
     acked_before_kill = len(acked)
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    time.sleep(0.2)  # requests fail while nothing listens
+    wait_until(lambda: outcomes["connection error"] > 0, "requests failing while nothing listens")
     second = GatewayProcess(spool)
     current["url"] = second.url
-    time.sleep(1.0)
+    wait_until(lambda: len(acked) >= acked_before_kill + 4000, "lines acknowledged after the restart")
     stop.set()
     for worker in workers:
         worker.join(30)

@@ -135,19 +135,32 @@ def test_mapping_conflicts_go_to_dead_letters_with_the_servers_reason(opensearch
 
 
 def test_429s_are_retried_until_the_cluster_accepts(opensearch: OpenSearchServer, tmp_path: Path) -> None:
-    # a read-only-allow-delete block answers every write with a real 429, until it is lifted
+    # a read-only-allow-delete block answers every write with a real 429; it is lifted once the proxy in
+    # front of the cluster has seen the first one, so the retries are exercised however loaded the machine
     put(opensearch.url, "/ro_2014_01", {"settings": {"index.blocks.read_only_allow_delete": True}})
     lines = [f'us,{1389913256000 + i},{{"n":{i}}}' for i in range(200)]
     logs = small_archive(tmp_path, lines)
-    lift = threading.Timer(3.0, lambda: put(opensearch.url, "/ro_2014_01/_settings",
-                                              {"index.blocks.read_only_allow_delete": None}))
-    lift.start()
-    retry = {"max_retries": 12, "initial_backoff": "200ms", "max_backoff": "1s"}
-    job = job_for(opensearch.url, "opensearch", "ro", counters=False, retry=retry)
+    first_429 = threading.Event()
+
+    def observe(method: str, path: str, status: int, body: bytes) -> None:
+        if "_bulk" in path and (status == 429 or b'"status":429' in body):
+            first_429.set()
+
+    def lift() -> None:
+        if first_429.wait(120):
+            put(opensearch.url, "/ro_2014_01/_settings", {"index.blocks.read_only_allow_delete": None})
+
+    proxy, stop = start_proxy(opensearch.url, observe)
+    lifter = threading.Thread(target=lift)
+    lifter.start()
+    retry = {"max_retries": 30, "initial_backoff": "200ms", "max_backoff": "1s"}
+    job = job_for(proxy, "opensearch", "ro", counters=False, retry=retry)
     try:
         summary = run_backfill([str(logs / "*")], str(tmp_path / "out"), job, PINNED)
     finally:
-        lift.join()
+        first_429.set()
+        lifter.join()
+        stop()
     assert summary["index"]["indexed"] == 200 and summary["index"]["rejected"] == 0
     assert summary["index"]["retried"] >= 200  # every document was refused at least once
     assert count(opensearch.url, "ro_*") == 200

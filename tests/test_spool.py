@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from connectors import spool
-from connectors.spool import Segment, SinkError, SpoolWriter, list_segments, read_lines, spool_bytes, spool_lines
+from connectors.spool import (
+    Segment,
+    SinkError,
+    SinkFull,
+    SpoolWriter,
+    WriteFailed,
+    list_segments,
+    read_lines,
+    spool_bytes,
+    spool_lines,
+)
 
 
 def segments_dir(root: Path) -> Path:
@@ -184,10 +195,12 @@ def test_full_when_the_spool_reaches_its_limit_and_not_after_the_reader_deletes(
     monkeypatch.setattr(spool, "SIZE_REFRESH_SECONDS", 0.05)
 
     async def main() -> None:
-        writer = SpoolWriter(tmp_path, max_spool_bytes=500, segment_seconds=0.1)
+        writer = SpoolWriter(tmp_path, max_spool_bytes=466, segment_seconds=0.1)
         assert not writer.full()
-        await writer.append("pv", batch("a", 20))
+        await writer.append("pv", batch("a", 17))  # 466 bytes: exactly the bound
         assert writer.full()
+        with pytest.raises(SinkFull):  # the bound holds on what is written, whatever full() said before
+            await writer.append("pv", batch("x", 1))
         await asyncio.sleep(0.3)  # sealed by time
         for segment in list_segments(tmp_path):
             segment.path.unlink()
@@ -200,22 +213,95 @@ def test_full_when_the_spool_reaches_its_limit_and_not_after_the_reader_deletes(
     assert [line for _, _, line in spool_lines(tmp_path)] == batch("b", 1)
 
 
-def test_a_failed_fsync_stops_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
+def test_concurrent_requests_cannot_pass_the_bound_together(tmp_path: Path) -> None:
+    async def main() -> list[object]:
+        writer = SpoolWriter(tmp_path, max_spool_bytes=1000)
+        answers = await asyncio.gather(*(writer.append("pv", batch(f"r{i}", 10)) for i in range(16)),
+                                       return_exceptions=True)
+        await writer.close()
+        return answers
+
+    answers = asyncio.run(main())
+    accepted = [i for i, a in enumerate(answers) if a is True]
+    assert accepted and all(isinstance(a, SinkFull) for a in answers if a is not True)
+    assert spool_bytes(tmp_path) <= 1000
+    assert [line for *_, line in spool_lines(tmp_path)] == [line for i in accepted for line in batch(f"r{i}", 10)]
+
+
+def test_a_failed_fsync_refuses_that_commit_cuts_it_off_and_the_writer_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.fdatasync
+    failing = {"on": False}
+
+    def flaky(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", flaky)
 
     async def main() -> None:
         writer = SpoolWriter(tmp_path)
         await writer.append("pv", [b"a,1,{}"])
-        monkeypatch.setattr(os, "fdatasync", broken)
-        with pytest.raises(SinkError, match="Input/output error"):
+        failing["on"] = True
+        with pytest.raises(WriteFailed, match="No space left on device") as refused:
             await writer.append("pv", [b"b,2,{}"])
-        assert not writer.healthy()
-        with pytest.raises(SinkError):
-            await writer.append("pv", [b"c,3,{}"])
+        assert refused.value.storage and writer.healthy()
+        with pytest.raises(WriteFailed):
+            await writer.append("mongo", [b"c,3,{}"])  # a new segment fails too, and leaves no file
+        failing["on"] = False  # space is back
+        await writer.append("pv", [b"d,4,{}"])
+        assert writer.stats()["write_errors_total"] == 2
         await writer.close()
 
     asyncio.run(main())
+    assert spool_lines(tmp_path) == [("0000000000000000.pv", 0, b"a,1,{}"), ("0000000000000002.pv", 0, b"d,4,{}")]
+
+
+def test_open_segment_files_are_a_bounded_pool(tmp_path: Path) -> None:
+    async def main() -> list[float]:
+        writer = SpoolWriter(tmp_path, max_open_segments=4)
+        opened = []
+        for round_ in range(2):
+            for n in range(10):
+                await writer.append(f"c{n}", [b"a,%d,{}" % round_])
+                opened.append(writer.stats()["open_segments"])
+        await writer.close()
+        return opened
+
+    assert max(asyncio.run(main())) == 4
+    lines = spool_lines(tmp_path)
+    assert sorted(line for *_, line in lines) == [b"a,0,{}"] * 10 + [b"a,1,{}"] * 10
+
+
+def test_idempotency_keys_survive_a_restart_and_a_torn_request_is_cut_back(tmp_path: Path) -> None:
+    async def first() -> list[bool]:
+        writer = SpoolWriter(tmp_path)
+        answers = [await writer.append("pv", batch("k1", 3), key="k1"),
+                   await writer.append("pv", batch("k1", 3), key="k1"),  # a retry: acknowledged, not written
+                   await writer.append("mongo", batch("k1", 3), key="k1")]  # keys are per category
+        os.close(writer._lock)  # as if killed: no close(), no sealing
+        return answers
+
+    assert asyncio.run(first()) == [True, False, True]
+    # a kill -9 in the middle of the next keyed request: its journal line and two of its three lines made it
+    segments = tmp_path / "segments"
+    open_pv = next(segments.glob("*.pv.open"))
+    start = open_pv.stat().st_size
+    with (segments / "keys").open("ab") as f:
+        f.write(b'{"c":"pv","k":"k2","s":0,"o":%d,"e":%d,"n":3,"t":%f}\n' % (start, start + 84, time.time()))
+    with open_pv.open("ab") as f:
+        f.write(b"\n".join(batch("k2", 2)) + b"\n")
+
+    async def second() -> list[bool]:
+        writer = SpoolWriter(tmp_path)
+        answers = [await writer.append("pv", batch("k1", 3), key="k1"),
+                   await writer.append("pv", batch("k2", 3), key="k2")]  # not acknowledged before: written
+        await writer.close()
+        return answers
+
+    assert asyncio.run(second()) == [False, True]
+    assert sorted(line for *_, line in spool_lines(tmp_path)) == sorted(batch("k1", 3) * 2 + batch("k2", 3))
 
 
 def test_empty_append_and_bad_category(tmp_path: Path) -> None:

@@ -280,7 +280,10 @@ CATEGORIES = ("pv", "mongoErr")
 def note(folder: str, name: str, record: dict[str, Any]) -> None:
     """One file per record: the LOOPBACK workers are threads of this process, and duplicates must show."""
     record["wall"] = time.time()
-    Path(folder, f"{name}-{uuid.uuid4().hex}.json").write_text(json.dumps(record))
+    final = Path(folder, f"{name}-{uuid.uuid4().hex}.json")
+    temp = final.with_name(f".{final.name}.tmp")  # renamed into place: notes() never reads half a file
+    temp.write_text(json.dumps(record))
+    temp.replace(final)
 
 
 def notes(folder: Path, name: str) -> list[dict[str, Any]]:

@@ -1,14 +1,16 @@
 """The ALS line parser: `area,unix_ts,{json}` -> Event, or a DeadLetter with the original's reason.
 
-Rules (docs/architecture.md, "The ALS line"): split on the first two commas; area non-empty; ts an unsigned
-decimal, milliseconds above 1283931748344, invalid below 1262275200 (2010-01-01), seconds otherwise; payload a JSON
-object (empty = `{}`); one trailing `\\r` is stripped (the reader already removed `\\n`). Historical timestamps are
-kept as they are: the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced.
-Optional bounds (`max_age`, `max_future`) send out-of-range events to the dead letters instead.
+Rules (docs/architecture.md, "The ALS line"): split on the first two commas; area non-empty, UTF-8, without
+control characters; ts an unsigned decimal, milliseconds above 1283931748344, invalid below 1262275200
+(2010-01-01), seconds otherwise; payload a JSON object (empty = `{}`); one trailing `\\r` is stripped (the reader
+already removed `\\n`); a line over MAX_LINE_BYTES is a dead letter. Historical timestamps are kept as they are:
+the original's unsigned-subtraction bug that turned old lines into "now" is not reproduced. Optional bounds
+(`max_age`, `max_future`) send out-of-range events to the dead letters instead.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -21,18 +23,24 @@ from transforms.event import DeadLetter, Event, EventBatch, LineBatch, decode_ra
 MS_THRESHOLD = 1283931748344  # above: milliseconds (dpipe als/line.go)
 MIN_SECONDS = 1262275200  # below: invalid (2010-01-01, as in the original)
 MAX_MS = 253402300800000  # 10000-01-01: beyond any calendar a date partition can name
+MAX_LINE_BYTES = 2**20
+"""Longest line parsed (the gateway's default max_line_bytes too). Readers cut longer ones to
+MAX_LINE_BYTES + 1 bytes, which makes them a `line too long` dead letter with that start as raw."""
 
 EMPTY_LINE = "empty line"
 NOT_3_FIELDS = "not 3 fields"
 EMPTY_AREA = "empty area"
 BAD_AREA = "area not utf-8"
+AREA_CONTROL = "area has control characters"
 TS_INVALID = "timestamp invalid"
 NOT_JSON = "payload not json"
 TOO_OLD = "timestamp too old"
 TOO_NEW = "timestamp in the future"
 UNKNOWN_CATEGORY = "category unknown"
+LINE_TOO_LONG = "line too long"
 
 DEADLETTER = "deadletter"
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,9 @@ def parse_line(
         line = line[:-1]
     if not line:
         return _dead(raw, EMPTY_LINE, source, offset, category)
+    if len(line) > MAX_LINE_BYTES:
+        return _dead(raw[:MAX_LINE_BYTES], LINE_TOO_LONG, source, offset, category,
+                     f"longer than {MAX_LINE_BYTES} bytes: cut, its first {MAX_LINE_BYTES} bytes kept")
     parts = line.split(b",", 2)
     if len(parts) != 3:
         return _dead(raw, NOT_3_FIELDS, source, offset, category)
@@ -90,6 +101,8 @@ def parse_line(
         area = area_b.decode("utf-8")
     except UnicodeDecodeError:
         return _dead(raw, BAD_AREA, source, offset, category)
+    if _CONTROL.search(area_b):  # a NUL or an escape sequence must not reach partitions, indices or terminals
+        return _dead(raw, AREA_CONTROL, source, offset, category)
     ts = parse_timestamp(ts_b)
     if ts is None:
         return _dead(raw, TS_INVALID, source, offset, category, ts_b.decode("utf-8", "backslashreplace"))

@@ -8,6 +8,7 @@ files (`.gz`, `.bz2`) are named like their uncompressed selves.
 from __future__ import annotations
 
 import functools
+import hashlib
 import posixpath
 import re
 
@@ -15,6 +16,10 @@ _LIVE = re.compile(r"(.+)\.(\d+)\.log")
 _HISTORY = re.compile(r"(.+)_(\d+)_(.+)")
 _CHUNK = re.compile(r"[0-9A-Za-z]+")
 _COMPRESSED = (".gz", ".bz2")
+_GLOB_CHUNK = re.compile(r"(?:\[[^\]]*\]|[0-9A-Za-z*?])+")
+MAX_CATEGORY = 100
+"""Longest category name kept as is: `category=NAME` partition folders and file names stay far below the
+255-byte limit of a file name. Longer names are cut and suffixed with a hash (see `bounded`)."""
 
 
 class UnknownCategory(ValueError):
@@ -22,11 +27,31 @@ class UnknownCategory(ValueError):
 
 
 def camel_case(name: str) -> str:
-    """`bi_first_payment` -> `biFirstPayment`; `ffs.client.Error` -> `ffsClientError`."""
-    chunks = _CHUNK.findall(name)
+    """`bi_first_payment` -> `biFirstPayment`; `ffs.client.Error` -> `ffsClientError`; never longer than
+    MAX_CATEGORY characters (`bounded`), so every category is a safe file name."""
+    return bounded(_join_camel(_CHUNK.findall(name)))
+
+
+def camel_case_glob(glob: str) -> str:
+    """A category glob in the archive's names: `mongo_*` -> `mongo*`, `pay_[ab]x` -> `pay[ab]x`. A token's
+    globs are matched against `camel_case` of the posted category, so two spellings of one archive
+    category (`mongo_err`, `mongoErr`) are always granted or refused together."""
+    return _join_camel(_GLOB_CHUNK.findall(glob))
+
+
+def _join_camel(chunks: list[str]) -> str:
     if not chunks:
         return ""
     return chunks[0] + "".join(c[:1].upper() + c[1:] for c in chunks[1:])
+
+
+def bounded(name: str) -> str:
+    """`name` if it has at most MAX_CATEGORY characters, else its start, `_` and a 64-bit hash of the whole
+    name: still distinct per name, never a camel-case result (those have no `_`)."""
+    if len(name) <= MAX_CATEGORY:
+        return name
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    return f"{name[:MAX_CATEGORY - 17]}_{digest}"
 
 
 @functools.lru_cache(maxsize=4096)

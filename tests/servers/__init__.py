@@ -42,12 +42,16 @@ class LocalServer:
         """The server's environment variables; None: this process's."""
         return None
 
-    def start(self, log: Path, timeout: float = 60) -> None:
+    def preexec(self) -> Any:
+        """What the child runs before exec: it gets SIGTERM when the test dies. Extend for resource limits."""
         from tests.servers import jvm
 
+        return jvm.pdeathsig_preexec()
+
+    def start(self, log: Path, timeout: float = 60) -> None:
         self._log = log.open("wb")
         self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                      env=self.environment(), preexec_fn=jvm.pdeathsig_preexec())
+                                      env=self.environment(), preexec_fn=self.preexec())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 ES_VERSION = "9.0.0"
+Observer = Callable[[str, str, int, bytes], None]
 _COMPAT_RE = re.compile(r"application/vnd\.elasticsearch\+([\w.-]+)\s*(;\s*compatible-with\s*=\s*\d+)?", re.I)
 # Not forwarded either way: hop-by-hop headers, and framing that the proxy sets itself.
 _HOP_BY_HOP = {
@@ -112,6 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(502, [], json.dumps({"error": f"es_compat_proxy: upstream failed: {e}"}).encode())
                 return
 
+        if self.server.observe is not None:
+            self.server.observe(self.command, self.path, resp.status, data)
         out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
         if self.command == "GET" and urlsplit(self.path).path in ("", "/") and resp.status == 200:
             data = self._rewrite_root(data)
@@ -151,7 +154,8 @@ class _ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, observe: Observer | None = None) -> None:
+        self.observe = observe
         target = urlsplit(target_url)
         if target.scheme != "http" or not target.hostname:
             raise ValueError(f"es_compat_proxy forwards to a plain http:// URL, not {target_url!r}")
@@ -160,9 +164,10 @@ class _ProxyServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
-def start_proxy(target_url: str) -> tuple[str, Callable[[], None]]:
-    """Start the shim in front of target_url; returns (proxy_url, stop). stop() is idempotent."""
-    server = _ProxyServer(target_url)
+def start_proxy(target_url: str, observe: Observer | None = None) -> tuple[str, Callable[[], None]]:
+    """Start the shim in front of target_url; returns (proxy_url, stop). stop() is idempotent.
+    `observe(method, path, status, body)` sees every upstream answer (tests wait on what the cluster said)."""
+    server = _ProxyServer(target_url, observe)
     thread = threading.Thread(target=server.serve_forever, name="es-compat-proxy", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
