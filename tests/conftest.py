@@ -1,8 +1,8 @@
-"""Shared fixtures: a small generated archive, and the pinned local runner."""
+"""Shared fixtures: a small generated archive, the pinned local runner, Prism, and in-process gateways."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +35,23 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
     root = tmp_path_factory.mktemp("sample")
     manifest = generate(root, Spec(lines=20_000, days=3, users=800, seed=11))
     return root / "logs", manifest
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """The gateway tests' `start(**settings)`: an in-process gateway on a free port with a spool under
+    tmp_path, stopped after the test."""
+    from connectors.gateway import GatewaySettings
+    from pipelines.gateway import GatewayThread
+
+    running: list[GatewayThread] = []
+
+    def start(**settings: Any) -> GatewayThread:
+        settings.setdefault("spool", tmp_path / "spool")
+        gateway = GatewayThread(GatewaySettings(host="127.0.0.1", port=0, **settings)).start()
+        running.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.stop()

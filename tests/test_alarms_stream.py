@@ -7,18 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.util import assert_that
-from apache_beam.transforms import window
 
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
 from tests.conftest import PINNED
+from tests.test_lateness import Step, events_batch, run
 from transforms.alarms import Alarms, RuleSpec
-from transforms.event import Event, EventBatch
+from transforms.event import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 S = 1000
@@ -30,26 +26,9 @@ def event(second: float, area: str = "fr", t: float = 0.0, n: int = 0) -> Event:
     return Event(area, int((T0 + second) * S), "error", {"t": t, "n": n}, "s", n, raw, None)
 
 
-Step = tuple[str, Any]  # ("events", [Event...]) | ("watermark", second)
-
-
 def run_stream(rules: list[RuleSpec], steps: list[Step], check: Callable[[list[dict]], None]) -> None:
-    stream = TestStream()
-    watermark_ms = None  # what the spool source stamps on a batch: the watermark it was read under
-    for i, (kind, what) in enumerate(steps):
-        if kind == "events":
-            batch = EventBatch("s", "s", i, what, watermark_ms=watermark_ms)
-            stream.add_elements([window.TimestampedValue(batch, what[0].ts / S)])
-            stream.advance_processing_time(2)  # open windows fire their early panes
-        else:
-            stream.advance_watermark_to(T0 + what)
-            watermark_ms = (T0 + what) * S
-    stream.advance_watermark_to_infinity()
-    options = PipelineOptions()
-    options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(runner="BundleBasedDirectRunner", options=options) as p:
-        alarms = p | stream | Alarms("Alarms", rules)
-        assert_that(alarms, lambda got: check(sorted(got, key=lambda a: (a["rule"], a["window"]["start"]))))
+    run(Alarms("Alarms", rules), steps, events_batch,
+        lambda got: check(sorted(got, key=lambda a: (a["rule"], a["window"]["start"]))), tick_s=2)
 
 
 def fires(*expected: tuple[str, str, float], revised: tuple[tuple[str, str, float], ...] = ()

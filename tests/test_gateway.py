@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -47,22 +47,6 @@ def call(url: str, method: str, path: str, body: Any = None,
 
 def post(url: str, category: str, body: bytes, **headers: str) -> tuple[int, Message, Any]:
     return call(url, "POST", f"/v1/logs/{category}", body, {k.replace("_", "-"): v for k, v in headers.items()})
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
-    """start(**settings) -> a running gateway on a free port with a spool under tmp_path."""
-    running: list[GatewayThread] = []
-
-    def start(**settings: Any) -> GatewayThread:
-        settings.setdefault("spool", tmp_path / "spool")
-        gateway = GatewayThread(GatewaySettings(host="127.0.0.1", port=0, **settings)).start()
-        running.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in running:
-        gateway.stop()
 
 
 def test_accepted_lines_are_in_the_spool_byte_exact_with_offsets(start: Callable[..., GatewayThread],

@@ -29,21 +29,6 @@ from tests.servers.gateway import GatewayProcess
 from tests.test_gateway import TOKEN_A, TOKEN_B, call, post, wait_until
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
-    running: list[GatewayThread] = []
-
-    def start(**settings: Any) -> GatewayThread:
-        settings.setdefault("spool", tmp_path / "spool")
-        gateway = GatewayThread(GatewaySettings(host="127.0.0.1", port=0, **settings)).start()
-        running.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in running:
-        gateway.stop()
-
-
 def spooled(spool: Path) -> list[bytes]:
     return [line for *_, line in spool_lines(spool)]
 

@@ -36,13 +36,16 @@ Step = tuple[str, Any]  # ("events", [Event...]) | ("watermark", second)
 
 
 def run(transform: beam.PTransform, steps: list[Step], make: Callable[[list, int | None, int], Any],
-        check: Callable[[list[dict]], None]) -> None:
-    """Feed batches stamped, as the spool source does, with the watermark they were read under."""
+        check: Callable[[list[dict]], None], tick_s: float = 0) -> None:
+    """Feed batches stamped, as the spool source does, with the watermark they were read under; `tick_s` of
+    processing time after each batch lets open windows fire their early panes."""
     stream = TestStream()
     watermark_ms = None
     for i, (kind, what) in enumerate(steps):
         if kind == "events":
             stream.add_elements([window.TimestampedValue(make(what, watermark_ms, i), what[0].ts / S)])
+            if tick_s:
+                stream.advance_processing_time(tick_s)
         else:
             stream.advance_watermark_to(T0 + what)
             watermark_ms = (T0 + what) * S
