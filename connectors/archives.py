@@ -9,6 +9,7 @@ byte lies inside it, so ranges never lose or repeat a line wherever they are cut
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -26,6 +27,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from connectors.progress import ProgressFiles
 from transforms.als import MAX_LINE_BYTES
 from transforms.category import UnknownCategory, category_from_path
 from transforms.event import LineBatch
@@ -265,14 +267,17 @@ class _Progress:
 
 
 class _ReadRangesDoFn(beam.DoFn):
-    def __init__(self, block_bytes: int) -> None:
+    def __init__(self, block_bytes: int, progress_dir: str | None = None) -> None:
         self._block_bytes = block_bytes
         self._lines = Metrics.counter("dpipe.read", "lines_read")
         self._bytes = Metrics.counter("dpipe.read", "bytes_read")
         self._progress: _Progress | None = None
+        self._progress_dir = progress_dir
+        self._bar: ProgressFiles | None = None
 
     def setup(self) -> None:
         self._progress = _Progress()
+        self._bar = ProgressFiles(self._progress_dir) if self._progress_dir else None
 
     def process(self, rng: FileRange) -> Iterator[LineBatch | beam.pvalue.TaggedOutput]:
         lines_read = bytes_read = 0
@@ -287,11 +292,18 @@ class _ReadRangesDoFn(beam.DoFn):
                 self._bytes.inc(nbytes)
                 if self._progress:
                     self._progress.add(n, nbytes)
+                if self._bar:  # a compressed range counts whole at its end (its compressed position is unknown)
+                    self._bar.add(nbytes if rng.end is not None else 0, n)
                 yield batch
         except FileError as err:  # reported per file; the lines read before it go on, the other files too
             failure = str(err)
         if self._progress:
             self._progress.ranges += 1
+        if self._bar:
+            if rng.end is None:
+                with contextlib.suppress(Exception):
+                    self._bar.add(FileSystems.match([rng.path])[0].metadata_list[0].size_in_bytes, 0)
+            self._bar.flush()
         stats: dict = {"lines_read": lines_read, "bytes_read": bytes_read, "files_read": int(rng.start == 0)}
         if failure is not None:
             stats["file_errors"] = {rng.path: {failure: lines_read}}
@@ -301,11 +313,13 @@ class _ReadRangesDoFn(beam.DoFn):
 class ReadArchives(beam.PTransform):
     """Globs -> LineBatch (main output) and per-range read statistics (output `stats`)."""
 
-    def __init__(self, patterns: list[str], chunk_bytes: int = 16 << 20, block_bytes: int = 4 << 20) -> None:
+    def __init__(self, patterns: list[str], chunk_bytes: int = 16 << 20, block_bytes: int = 4 << 20,
+                 progress_dir: str | None = None) -> None:
         super().__init__()
         self._patterns = list(patterns)
         self._chunk_bytes = chunk_bytes
         self._block_bytes = block_bytes
+        self._progress_dir = progress_dir  # a local folder for the driver's progress bar (connectors.progress)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         chunk = self._chunk_bytes
@@ -318,7 +332,7 @@ class ReadArchives(beam.PTransform):
             | "PlanRanges" >> beam.FlatMap(lambda ps: plan_ranges(ps[0], ps[1], chunk))
             | "SpreadRanges" >> beam.Reshuffle()
             | "ReadRanges"
-            >> beam.ParDo(_ReadRangesDoFn(self._block_bytes))
+            >> beam.ParDo(_ReadRangesDoFn(self._block_bytes, self._progress_dir))
             .with_output_types(LineBatch)
             .with_outputs(STATS, main="lines")
         )

@@ -7,25 +7,28 @@ pipeline definition. It only picks the source, the options and the runner; `pipe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.archives import STATS, InputError, ReadArchives, check_inputs
 from connectors.files import join, remove_tree
+from connectors.progress import ProgressBar
 from connectors.search import install_templates
 from connectors.summary import SUMMARY_FILE, WriteSummary
 from pipelines import graph, resume
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.funnel import format_funnels, read_results
-from pipelines.options import UsageError, beam_options, setup_logging
+from pipelines.options import LOCAL_RUNNERS, UsageError, beam_options, setup_logging
 
 log = logging.getLogger("dpipe.backfill")
 DEFAULT_WAVE_BYTES = 1 << 30
@@ -53,10 +56,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, inputs: list[str], job: JobConfig, run: graph.RunContext, summary_path: str
+    pipeline: beam.Pipeline, inputs: list[str], job: JobConfig, run: graph.RunContext, summary_path: str,
+    progress_dir: str | None = None,
 ) -> beam.PCollection:
     """The backfill: ReadArchives -> the one graph -> the summary file. Returns the summary PCollection."""
-    read = pipeline | "ReadArchives" >> ReadArchives(inputs, job.read.chunk_bytes, job.read.block_bytes)
+    read = pipeline | "ReadArchives" >> ReadArchives(inputs, job.read.chunk_bytes, job.read.block_bytes,
+                                                     progress_dir)
     outputs = graph.build(read.lines, job, run)
     counts = (read[STATS], *outputs.counts)
     return pipeline | "WriteSummary" >> WriteSummary(summary_path, counts, outputs.written())
@@ -83,11 +88,11 @@ def run_backfill(inputs: list[str], output: str, job: JobConfig, beam_args: list
 
 
 def _run_once(inputs: list[str], output: str, job: JobConfig, options: PipelineOptions,
-              summary_path: Callable[[graph.RunContext], str]) -> dict[str, Any]:
+              summary_path: Callable[[graph.RunContext], str], label: str = "") -> dict[str, Any]:
     run = graph.RunContext.new(output)
     path = summary_path(run)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, inputs, job, run, path)
+    with _progress_bar(inputs, options, label) as progress_dir, beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, inputs, job, run, path, progress_dir)
     with FileSystems.open(path) as f:
         summary = orjson.loads(f.read())
     remove_tree(run.temp_dir)
@@ -106,7 +111,7 @@ def _run_waves(inputs: list[str], output: str, job: JobConfig, options: Pipeline
     for n, wave in enumerate(waves, 1):
         log.info("wave %d/%d: %d files, %.1f MB", n, len(waves), len(wave), sum(f.size for f in wave) / 1e6)
         summary = _run_once([f.path for f in wave], output, job, options,
-                            lambda run: join(run.temp_dir, SUMMARY_FILE))
+                            lambda run: join(run.temp_dir, SUMMARY_FILE), label=f"wave {n}/{len(waves)}")
         record = resume.WaveRecord(resume.wave_id(wave), wave, summary)
         resume.write_record(output, record)
         records.append(record)
@@ -114,6 +119,25 @@ def _run_waves(inputs: list[str], output: str, job: JobConfig, options: Pipeline
     with FileSystems.create(join(output, SUMMARY_FILE)) as f:
         f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
     return summary
+
+
+@contextlib.contextmanager
+def _progress_bar(inputs: list[str], options: PipelineOptions, label: str) -> Iterator[str | None]:
+    """On a terminal, with the local runner: a progress bar on stderr (connectors/progress.py), fed through a
+    local folder the read workers write to. Elsewhere (logs, CI, a cluster): nothing; the periodic progress
+    lines remain."""
+    if not sys.stderr.isatty() or options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        yield None
+        return
+    total = 0
+    with contextlib.suppress(Exception):  # the inputs were checked already; a bar is no reason to fail
+        total = sum({m.path: m.size_in_bytes for r in FileSystems.match(inputs) for m in r.metadata_list}.values())
+    with tempfile.TemporaryDirectory(prefix="dpipe-progress-") as folder:
+        bar = ProgressBar(folder, total, sys.stderr, label).start()
+        try:
+            yield folder
+        finally:
+            bar.stop()
 
 
 def prepare_search_cluster(job: JobConfig) -> None:
