@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PRISM = ROOT / ".tools" / "bin" / "prism"
 STOP_SECONDS = 8.0
 """A clean stop waits this long for the job to finish its bundles (systemd's default stop timeout is 90 s)."""
+CANCEL_SECONDS = 10.0
+"""After a cancel, how long to wait for the runner to confirm it before exiting all the same."""
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -276,7 +278,7 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
         dashboard.status.result = result
     runner = pipeline.options.view_as(StandardOptions).runner or "PrismRunner"
     print(f"dpipe stream: running on {runner}, output {args.output}", flush=True)
-    stop_at = None
+    stop_at = cancelled_at = None
     try:
         while True:
             time.sleep(0.2)  # poll: the portable runner's wait_until_finish cannot be repeated
@@ -295,11 +297,14 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
                     request_drain(spool)
                 else:
                     stop_at = time.monotonic()
-            if stop_at is not None and (len(signals) > 1 or time.monotonic() >= stop_at):
+            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_SECONDS:
+                print("dpipe stream: the runner did not confirm the cancel; exiting", flush=True)
+                break
+            if cancelled_at is None and stop_at is not None and (len(signals) > 1 or time.monotonic() >= stop_at):
                 print("dpipe stream: cancelling the job: unfinished lines are read again at the next start",
                       flush=True)
                 result.cancel()
-                stop_at = float("inf")
+                cancelled_at = time.monotonic()
     except Exception as err:  # the job service went away under us: one line, not a traceback
         print(f"dpipe stream: lost the runner: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
               file=sys.stderr, flush=True)
