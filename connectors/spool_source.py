@@ -70,6 +70,8 @@ READER_DIR = "reader"
 DRAINED, POSITIONS = "drained.json", "positions.json"
 
 _warned: set[str] = set()
+_now = time.monotonic
+"""The processing-time clock of idleness and gaps (a test may replace it)."""
 
 
 def event_ms(line: bytes) -> int | None:
@@ -184,7 +186,7 @@ class _Input:
     seq: int | None
     offset: int  # the next line to emit
     latest_ms: int | None = None  # latest plausible event time read
-    last_data: float = field(default_factory=time.monotonic)
+    last_data: float = field(default_factory=lambda: _now())
     segment: Segment | None = None
     read_to: int = 0  # the end of what is in the buffer
     buffer: list[tuple[int, bytes]] = field(default_factory=list)
@@ -212,7 +214,7 @@ class SpoolReader(UnboundedReader):
             c: _Input(c, seq, offset, latest.get(c)) for c, (seq, offset) in positions.items()}
         self._watermark_ms = mark.watermark_ms if mark else None
         self._known: set[int] = set()  # seqs seen in a listing (for GAP_GRACE_S)
-        self._last_data = time.monotonic()
+        self._last_data = _now()
         self._last_event_ms: int | None = max(latest.values(), default=None)
         self._done = False
         self._current: LineBatch | None = None
@@ -273,7 +275,7 @@ class SpoolReader(UnboundedReader):
             source.latest_ms = latest
         if latest is not None and (self._last_event_ms is None or latest > self._last_event_ms):
             self._last_event_ms = latest
-        source.last_data = self._last_data = time.monotonic()
+        source.last_data = self._last_data = _now()
         self._current = LineBatch(name, name, take[0][0], source.segment.category, [o for o, _ in take], lines,
                                   watermark_ms=watermark)
         stamp = latest if latest is not None else (watermark if watermark is not None else int(time.time() * 1000))
@@ -297,7 +299,7 @@ class SpoolReader(UnboundedReader):
 
     def _update_watermark(self) -> None:
         """The slowest active input's watermark; with every input idle, the idle clock (module docstring)."""
-        now = time.monotonic()
+        now = _now()
         idle_after = self._source.idle_timeout_s
         holders: list[int] = []
         for i in self._inputs.values():
@@ -321,7 +323,7 @@ class SpoolReader(UnboundedReader):
         `idle_stop_s` without data and nothing unread (tests, benchmarks)."""
         src = self._source
         self._update_watermark()
-        idle_for = time.monotonic() - self._last_data
+        idle_for = _now() - self._last_data
         if src.idle_stop_s is not None and idle_for >= max(src.idle_stop_s, IDLE_POLLS * src.poll_interval_s) \
                 and not any(i.behind for i in self._inputs.values()):
             self._done = True
@@ -400,7 +402,7 @@ class SpoolReader(UnboundedReader):
         if state.seq is not None and first.seq != state.seq:
             unseen = any(seq not in self._known for seq in range(state.seq, first.seq))
             if unseen:
-                now = time.monotonic()
+                now = _now()
                 if state.gap is None or state.gap[0] != first.seq:
                     state.gap = (first.seq, now)
                     return None

@@ -234,7 +234,9 @@ def test_finalize_deletes_sealed_segments_before_the_position_never_an_open_one(
     assert (segment_dir(tmp_path) / "next_seq").exists()
 
 
-def test_event_time_batches_never_behind_the_watermark(tmp_path: Path) -> None:
+def test_event_time_batches_never_behind_the_watermark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # processing time, moved by the test: idleness is then exact, not a race with sleep
+    monkeypatch.setattr(spool_source, "_now", lambda: clock[0])
     base = NOW_S - 100
     write_segment(tmp_path, 0, "pv", [als(base + 10, 0), als(base + 20, 1), b"us,bad,{}", als(base + 15, 2),
                                       b"no timestamp", als(base + 3, 3), als(NOW_S + 3600, 4), als(base + 21, 5)])
@@ -253,12 +255,11 @@ def test_event_time_batches_never_behind_the_watermark(tmp_path: Path) -> None:
     ]
     assert not r.advance()
     assert r.get_watermark() == Timestamp(base + 16)  # not idle yet
-    last = time.monotonic()
-    time.sleep(0.35)
+    clock[0] += 0.35
     assert not r.advance()
-    idle = r.get_watermark()  # idle: event time goes on at the wall clock's pace from the latest line
-    assert Timestamp(base + 16.3) <= idle <= Timestamp(base + 16 + time.monotonic() - last)
-    time.sleep(0.3)
+    # idle: event time goes on at the wall clock's pace from the latest line
+    assert r.get_watermark() == Timestamp(base + 16.35)
+    clock[0] += 0.3
     assert not r.advance()
     assert r.get_watermark() == MAX_TIMESTAMP  # idle_stop_s
 
