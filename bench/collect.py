@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from bench.gateway import _cpu_seconds, _http_get, _metric, make_bodies
-from connectors.spool import spool_lines
+from connectors.gateway.spool import spool_lines
 from tests.servers import free_port
 
 BLOCK = 1 << 20

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from connectors.spool import spool_bytes
+from connectors.gateway.spool import spool_bytes
 
 CATEGORY = "pv"
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import yaml
 
-from connectors.spool import spool_bytes
+from connectors.gateway.spool import spool_bytes
 from pipelines.generate import SECOND_TS_CATEGORIES, Spec, generate
 from transforms.category import category_from_path
 

@@ -48,7 +48,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from connectors.archives import STATS
-from connectors.spool import NEXT_SEQ, SEALED, Segment, list_segments, read_lines, segment_dir
+from connectors.gateway.spool import NEXT_SEQ, SEALED, Segment, list_segments, read_lines, segment_dir
 from transforms.als import parse_timestamp
 from transforms.event import BatchCoder, LineBatch
 

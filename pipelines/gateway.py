@@ -1,6 +1,6 @@
 """python -m pipelines.gateway --spool DIR [--host 127.0.0.1] [--port 8080] [--config job.yaml]
 
-Runs the HTTP gateway in front of a spool directory (see connectors/gateway.py for the API). Prints
+Runs the HTTP gateway in front of a spool directory (see connectors/gateway/server.py for the API). Prints
 `dpipe gateway listening on http://HOST:PORT` once it accepts (with --port 0, the port the system chose).
 SIGTERM or SIGINT: new posts get 503, those in flight get `drain_seconds` (5 s) to finish and are then cut
 off unacknowledged, the spool is fsynced and sealed, exit 0; one line per step on stderr, no traceback.
@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from connectors.gateway import GatewayServer, GatewaySettings, TokenSettings
-from connectors.spool import LineSink, SinkError
+from connectors.gateway.server import GatewayServer, GatewaySettings, TokenSettings
+from connectors.gateway.spool import LineSink, SinkError
 from pipelines.options import setup_logging
 
 

@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from connectors.spool import list_segments, read_lines, spool_lines
+from connectors.gateway.spool import list_segments, read_lines, spool_lines
 from tests.servers import LocalServer, free_port
 from tests.test_collect_writer import metrics, total
 from tests.test_stream import JOB as STREAM_JOB

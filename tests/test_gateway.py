@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from connectors.gateway import GatewaySettings
-from connectors.spool import list_segments, spool_bytes, spool_lines
+from connectors.gateway.server import GatewaySettings
+from connectors.gateway.spool import list_segments, spool_bytes, spool_lines
 from pipelines.gateway import GatewayThread, main
 
 TOKEN_A = "token-of-project-a-0123456789"

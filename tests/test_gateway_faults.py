@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.gateway import GatewaySettings
-from connectors.spool import list_segments, spool_lines
+from connectors.gateway.server import GatewaySettings
+from connectors.gateway.spool import list_segments, spool_lines
 from pipelines.gateway import GatewayThread
 from tests.servers.gateway import GatewayProcess
 from tests.test_gateway import TOKEN_A, TOKEN_B, call, post, wait_until

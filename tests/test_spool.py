@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors import spool
-from connectors.spool import (
+from connectors.gateway import spool
+from connectors.gateway.spool import (
     Segment,
     SinkError,
     SinkFull,

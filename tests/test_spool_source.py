@@ -22,7 +22,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from connectors import spool_source
 from connectors.archives import STATS
-from connectors.spool import SpoolWriter, list_segments, read_lines, segment_dir, spool_lines
+from connectors.gateway.spool import SpoolWriter, list_segments, read_lines, segment_dir, spool_lines
 from connectors.spool_source import ReadFromSpool, SpoolMark, SpoolReader, SpoolSource, event_ms
 from tests.servers.prism import PrismServer
 from transforms.event import LineBatch

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from connectors.spool import CATEGORY
+from connectors.gateway.spool import CATEGORY
 from pipelines.validation import ConfigError, Duration, Size, explain, read_yaml
 
 GATEWAY_MAX_LINES = 100_000

@@ -35,7 +35,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion10
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.spool import CATEGORY, LineSink, SinkBusy, SinkError, SinkFull, SpoolWriter, WriteFailed
+from connectors.gateway.spool import CATEGORY, LineSink, SinkBusy, SinkError, SinkFull, SpoolWriter, WriteFailed
 from transforms.category import MAX_CATEGORY, camel_case, camel_case_glob
 
 log = logging.getLogger("dpipe.gateway")
