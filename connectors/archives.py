@@ -28,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from connectors.progress import ProgressFiles
+from pipelines.validation import UserError
 from transforms.als import MAX_LINE_BYTES
 from transforms.category import UnknownCategory, category_from_path
 from transforms.event import LineBatch
@@ -48,7 +49,7 @@ STATS = "stats"
 PROGRESS_EVERY = float(os.environ.get("DPIPE_PROGRESS_SECONDS", "10"))
 
 
-class InputError(Exception):
+class InputError(UserError):
     """An input glob the user gave cannot be read (matches nothing, or the filesystem refused)."""
 
 

@@ -17,9 +17,10 @@ import sys
 
 from connectors.collector.agent import Collector
 from connectors.collector.config import load_collector_config
-from pipelines.validation import ConfigError
+from pipelines.validation import cli
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.collect", allow_abbrev=False,
                                      description="Tail log files and ship their lines to the dpipe gateway.")
@@ -27,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_collector_config(args.config)
-    except ConfigError as err:
-        print(f"dpipe: {err}", file=sys.stderr)
-        return 2
+    config = load_collector_config(args.config)
     if args.check:
         print(f"dpipe: {args.config}: ok, {len(config.sources)} sources, gateways {', '.join(config.gateways.urls)}")
         return 0
@@ -45,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         await collector.run()
 
     try:
-        asyncio.run(run())
-    except ConfigError as err:  # a broken checkpoint file
-        print(f"dpipe: {err}", file=sys.stderr)
-        return 2
+        asyncio.run(run())  # a broken checkpoint file is a ConfigError
     except OSError as err:  # e.g. the metrics port is taken, the checkpoint folder not writable
         print(f"dpipe: collector: {err}", file=sys.stderr)
         return 1

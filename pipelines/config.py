@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from connectors.gateway.server import GatewaySettings
+from connectors.gateway.settings import GatewaySettings
 from connectors.notify import ConsoleSettings, EmailSettings, Notifiers, WebhookSettings
 from connectors.search import SearchSettings
 from pipelines.validation import ConfigError, Duration, Size, explain, read_yaml

@@ -15,13 +15,15 @@ import sys
 from pathlib import Path
 
 from connectors.dashboard.data import load
-from connectors.dashboard.render import MissingChartLibrary, write_report
+from connectors.dashboard.render import write_report
 from connectors.dashboard.server import Dashboard, serve
 from pipelines.options import setup_logging
+from pipelines.validation import UsageError, cli
 
 DEFAULT_PORT = 8090
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.dashboard", allow_abbrev=False,
                                      description="Serve dpipe's dashboard over a backfill's or a stream's outputs.")
@@ -32,16 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     if not Path(args.output).is_dir():
-        print(f"dpipe: --output {args.output}: no such folder", file=sys.stderr)
-        return 2
-    try:
-        if args.write:
-            print(write_report(args.output, load(args.output)))
-            return 0
-        dashboard = Dashboard(args.output)
-    except MissingChartLibrary as err:
-        print(f"dpipe: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--output {args.output}: no such folder")
+    if args.write:  # without the chart library (`make setup`): MissingChartLibrary, a UserError
+        print(write_report(args.output, load(args.output)))
+        return 0
+    dashboard = Dashboard(args.output)
 
     def ready(port: int) -> None:
         print(f"dpipe dashboard on http://{args.host}:{port}", flush=True)

@@ -24,9 +24,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.archives import InputError
 from connectors.files import BEHAVIOUR_SCHEMA, WriteJsonRows, join, remove_tree
-from pipelines.config import ConfigError, load_config
+from pipelines.config import load_config
 from pipelines.graph import RunContext
 from pipelines.options import UsageError, beam_options, setup_logging
+from pipelines.validation import cli
 from transforms.behaviour import BehaviourBatch, BehaviourRow
 from transforms.funnel import FunnelCounts, FunnelSpec
 
@@ -108,6 +109,7 @@ def read_results(output: str) -> list[dict[str, Any]]:
     return sorted(results, key=lambda r: (r["funnel"], r["start"], list(r["dimensions"].values())))
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.funnel", description=__doc__.split("\n\n")[1],
                                      allow_abbrev=False)
@@ -119,20 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", metavar="DIR", help="keep the results in DIR/funnels/ (JSON Lines)")
     args, beam_args = parser.parse_known_args(argv)
     setup_logging()
-    try:
-        job = load_config(args.config)
-        funnels = [f.spec() for f in job.funnels if not args.funnel or f.name in args.funnel]
-        if not funnels:
-            raise UsageError(f"{args.config}: no funnel {'named ' + ', '.join(args.funnel) if args.funnel else ''}"
-                             f" (funnels: {', '.join(f.name for f in job.funnels) or 'none'})")
-        if args.last < args.first:
-            raise UsageError("--to is before --from")
-        store = args.input if args.input.rstrip("/").endswith("behaviour") else join(args.input, "behaviour")
-        with tempfile.TemporaryDirectory(prefix="dpipe-funnel-") as scratch:
-            results = run_funnels(store, funnels, args.first, args.last, args.output or scratch, beam_args)
-    except (ConfigError, InputError, UsageError) as err:
-        print(f"dpipe: {err}", file=sys.stderr)
-        return 2
+    job = load_config(args.config)
+    funnels = [f.spec() for f in job.funnels if not args.funnel or f.name in args.funnel]
+    if not funnels:
+        raise UsageError(f"{args.config}: no funnel {'named ' + ', '.join(args.funnel) if args.funnel else ''}"
+                         f" (funnels: {', '.join(f.name for f in job.funnels) or 'none'})")
+    if args.last < args.first:
+        raise UsageError("--to is before --from")
+    store = args.input if args.input.rstrip("/").endswith("behaviour") else join(args.input, "behaviour")
+    with tempfile.TemporaryDirectory(prefix="dpipe-funnel-") as scratch:
+        results = run_funnels(store, funnels, args.first, args.last, args.output or scratch, beam_args)
     print(format_funnels(results) or "no attempt started in that period")
     return 0
 

@@ -6,13 +6,11 @@ import logging
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipelines.validation import UsageError
+
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 DEFAULT_RUNNER = "FnApiRunner"
 """Pinned: Beam's DirectRunner would otherwise try to download Prism at run time."""
-
-
-class UsageError(Exception):
-    """A command-line mistake, phrased for the user."""
 
 
 def beam_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:

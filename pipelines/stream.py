@@ -33,11 +33,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from connectors.archives import InputError
 from pipelines import graph
 from pipelines.cluster import check_stream
-from pipelines.config import ConfigError, JobConfig, load_config
+from pipelines.config import JobConfig, load_config
 from pipelines.options import UsageError, beam_options, setup_logging
+from pipelines.validation import cli
 from transforms.category import camel_case
 from transforms.event import LineBatch
 
@@ -335,14 +335,11 @@ class _RunnerGone(logging.Filter):
             grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     setup_logging()
-    try:
-        return run_stream(args, beam_args)
-    except (ConfigError, InputError, UsageError) as err:
-        print(f"dpipe: {err}", file=sys.stderr)
-        return 2
+    return run_stream(args, beam_args)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
 """Config validation shared by every dpipe entry point, light enough for the collector (no Beam import).
 
-Units (`16MiB`, `5s`), the ConfigError a user sees (`file: key.path: what was expected; got ...`), reading a
-YAML file with its line and column on a syntax error, and turning pydantic's errors into those lines.
+Units (`16MiB`, `5s`), the user errors (`UserError`: a ConfigError says `file: key.path: what was expected;
+got ...`), reading a YAML file with its line and column on a syntax error, and turning pydantic's errors into
+those lines. Every entry point prints a UserError as `dpipe: ...` and exits 2, without a traceback (`cli`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
 import yaml
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -20,8 +24,34 @@ _SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
-class ConfigError(Exception):
-    """A configuration mistake, phrased for the user: file, key path, what was expected."""
+P = ParamSpec("P")
+
+
+class UserError(Exception):
+    """A mistake of the user's (config, command line, input), phrased for them: one line per mistake, never
+    a traceback. Everything else that escapes an entry point is a bug or an outage, and shows as one."""
+
+
+class ConfigError(UserError):
+    """A configuration mistake: file, key path, what was expected."""
+
+
+class UsageError(UserError):
+    """A command-line mistake."""
+
+
+def cli(main: Callable[P, int]) -> Callable[P, int]:
+    """An entry point's `main`: a UserError raised anywhere in it is `dpipe: ...` on stderr and exit 2."""
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"dpipe: {err}", file=sys.stderr, flush=True)
+            return 2
+
+    return run
 
 
 def _duration(value: Any) -> float:
@@ -83,6 +113,13 @@ def explain(error: dict[str, Any], root: type[BaseModel], patterns: dict[str, st
         return f"{path}: {message}"
     shown = repr(error.get("input"))
     return f"{path}: {message}" + (f"; got {shown}" if len(shown) <= 60 else "")
+
+
+def invalid(where: str, err: ValidationError, root: type[BaseModel], patterns: dict[str, str] | None = None,
+            secrets: tuple[str, ...] = ()) -> ConfigError:
+    """Every mistake pydantic found in the config `where`, one `where: key.path: ...` line each."""
+    lines = [explain(e, root, patterns, secrets) for e in err.errors(include_url=False)]
+    return ConfigError(f"{where}: " + f"\n{where}: ".join(lines))
 
 
 def fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:

@@ -41,8 +41,8 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
 def start(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """The gateway tests' `start(**settings)`: an in-process gateway on a free port with a spool under
     tmp_path, stopped after the test."""
-    from connectors.gateway.server import GatewaySettings
-    from pipelines.gateway import GatewayThread
+    from connectors.gateway.service import GatewayThread
+    from connectors.gateway.settings import GatewaySettings
 
     running: list[GatewayThread] = []
 

@@ -22,9 +22,12 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from connectors.gateway.server import GatewaySettings
+from connectors.gateway.service import GatewayThread
+from connectors.gateway.settings import GatewaySettings, load_settings
 from connectors.gateway.spool import list_segments, spool_bytes, spool_lines
-from pipelines.gateway import GatewayThread, main
+from pipelines.config import load_config
+from pipelines.gateway import main
+from pipelines.validation import ConfigError
 
 TOKEN_A = "token-of-project-a-0123456789"
 TOKEN_B = "token-of-project-b-0123456789"
@@ -230,7 +233,51 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, capsys: pytest.Capt
     assert f"{config}: gateway.tokens.0.token: String should have at least 16 characters" in err
     assert "Traceback" not in err and "short" not in err  # a token is never echoed
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml: cannot read the config" in capsys.readouterr().err
+    assert "missing.yaml: no such config file" in capsys.readouterr().err
+
+
+def test_sizes_and_durations_take_units_as_in_the_rest_of_the_job_config(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text("read: {chunk_bytes: 16MiB}\ngateway:\n  max_body_bytes: 16MiB\n  max_line_bytes: 512KiB\n"
+                      "  max_in_flight_bytes: 1GiB\n  max_spool_bytes: 10GB\n  segment_bytes: 64MB\n"
+                      "  read_timeout: 1500ms\n  body_timeout: 2m\n  drain_seconds: 3s\n  segment_seconds: 1m\n"
+                      "  idempotency_seconds: 2h\n")
+    settings = load_settings(config, drain_seconds="10s")
+    assert settings.max_body_bytes == load_config(config).read.chunk_bytes == 16 * 2**20
+    assert (settings.max_line_bytes, settings.max_in_flight_bytes, settings.max_spool_bytes,
+            settings.segment_bytes) == (512 * 2**10, 2**30, 10 * 10**9, 64 * 10**6)
+    assert (settings.read_timeout, settings.body_timeout, settings.segment_seconds,
+            settings.idempotency_seconds) == (1.5, 120.0, 60.0, 7200.0)
+    assert settings.drain_seconds == 10.0  # the command line's override, with its unit
+    assert load_config(config).gateway == settings.model_copy(update={"drain_seconds": 3.0}), "one loader, one answer"
+    assert load_settings(None).max_body_bytes == 16 * 2**20 and load_settings(None, port=0).port == 0
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("max_body_bytes: 16 megs", "gateway.max_body_bytes: expected a positive size such as 64MiB, 512KB or a "
+                                "number of bytes; got '16 megs'"),
+    ("max_spool_bytes: 0", "gateway.max_spool_bytes: expected a positive size"),
+    ("read_timeout: soon", "gateway.read_timeout: expected a duration such as 90s, 15m, 12h or 7d"),
+    ("segment_seconds: 0s", "gateway.segment_seconds: Input should be greater than 0"),
+    ("max_lines: 0", "gateway.max_lines: Input should be greater than 0"),
+])
+def test_a_bad_setting_is_one_line_with_file_key_and_what_was_expected(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, expected: str) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(f"gateway:\n  {setting}\n")
+    assert main(["--spool", str(tmp_path / "s"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dpipe: {config}: {expected}") and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(config)  # the pipeline's loader says the same of the same section
+
+
+def test_a_bad_command_line_value_is_one_line_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--spool", str(tmp_path / "s"), "--drain_seconds", "later", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dpipe: <command line>: gateway.drain_seconds: expected a duration"), err
+    assert main(["--port", "0"]) == 2
+    assert "no spool directory: pass --spool DIR" in capsys.readouterr().err
 
 
 # ---- kill -9 in the middle of a stream ----

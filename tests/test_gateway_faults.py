@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.gateway.server import GatewaySettings
+from connectors.gateway.service import GatewayThread
+from connectors.gateway.settings import GatewaySettings
 from connectors.gateway.spool import list_segments, spool_lines
-from pipelines.gateway import GatewayThread
 from tests.servers.gateway import GatewayProcess
 from tests.test_gateway import TOKEN_A, TOKEN_B, call, post, wait_until
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from connectors.gateway.spool import CATEGORY
-from pipelines.validation import ConfigError, Duration, Size, explain, read_yaml
+from pipelines.validation import ConfigError, Duration, Size, invalid, read_yaml
 
 GATEWAY_MAX_LINES = 100_000
 """The gateway's default `max_lines` per request: a batch never holds more."""
@@ -241,5 +241,4 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     try:
         return CollectorConfig.model_validate(data)
     except ValidationError as err:
-        lines = [explain(e, CollectorConfig, _PATTERNS, secrets=("token",)) for e in err.errors(include_url=False)]
-        raise ConfigError(f"{where}: " + f"\n{where}: ".join(lines)) from None
+        raise invalid(where, err, CollectorConfig, _PATTERNS, secrets=("token",)) from None

@@ -9,12 +9,14 @@ from typing import Any
 
 import orjson
 
+from pipelines.validation import UserError
+
 HERE = Path(__file__).resolve().parent
 CHART_JS = HERE / "static" / "chart.umd.min.js"
 REPORT_FILE = "report.html"
 
 
-class MissingChartLibrary(RuntimeError):
+class MissingChartLibrary(UserError, RuntimeError):
     """Chart.js is fetched from npm by `make setup`; without it there is no page to draw."""
 
 

@@ -21,21 +21,19 @@ import fnmatch
 import hmac
 import logging
 import math
-import ssl
 import time
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion10
-from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.gateway.spool import CATEGORY, LineSink, SinkBusy, SinkError, SinkFull, SpoolWriter, WriteFailed
+from connectors.gateway.settings import GatewaySettings, TokenSettings
+from connectors.gateway.spool import CATEGORY, LineSink, SinkBusy, SinkError, SinkFull, WriteFailed
 from transforms.category import MAX_CATEGORY, camel_case, camel_case_glob
 
 log = logging.getLogger("dpipe.gateway")
@@ -45,69 +43,6 @@ RETRY_FULL_SECONDS = 1
 RETRY_UNAVAILABLE_SECONDS = 5
 SINK_DEAD = "the sink's writer died; restart the gateway"
 MAX_KEY_CHARS = 200
-
-
-class TokenSettings(BaseModel):
-    """A bearer token of one project, allowed to post to the categories matching its globs (matched on the
-    archive's camel-case names, see `camel_case_glob`), at most `max_requests_per_second` (burst: one
-    second's worth) when set."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    project: str = Field(min_length=1)
-    token: str = Field(min_length=16)
-    categories: list[str] = Field(default=["*"], min_length=1)
-    max_requests_per_second: float | None = Field(default=None, gt=0)
-
-
-class GatewaySettings(BaseModel):
-    """The `gateway:` section of a job config. With no tokens, auth is off. Memory is bounded by
-    max_in_flight_bytes (bodies as received plus decompressed; about 3x that at peak, measured): a post
-    that would pass it, or more than max_in_flight concurrent posts, gets 429. A body that pauses for
-    read_timeout or takes longer than body_timeout in all gets 408."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    spool: Path | None = None
-    max_body_bytes: int = Field(default=16 * 2**20, gt=0)
-    max_line_bytes: int = Field(default=2**20, gt=0)
-    max_lines: int = Field(default=100_000, gt=0)
-    max_in_flight: int = Field(default=64, gt=0)
-    max_in_flight_bytes: int = Field(default=192 * 2**20, gt=0)
-    read_timeout: float = Field(default=10.0, gt=0)
-    body_timeout: float = Field(default=60.0, gt=0)
-    drain_seconds: float = Field(default=5.0, ge=0)
-    max_spool_bytes: int = Field(default=2**30, gt=0)
-    segment_bytes: int = Field(default=64 * 2**20, gt=0)
-    segment_seconds: float = Field(default=5.0, gt=0)
-    max_open_segments: int = Field(default=256, gt=0)
-    idempotency_seconds: float = Field(default=3600.0, gt=0)
-    idempotency_keys: int = Field(default=100_000, gt=0)
-    fsync: bool = True
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tokens: list[TokenSettings] = []
-
-    def spool_writer(self) -> SpoolWriter:
-        if self.spool is None:
-            raise ValueError("the gateway needs a spool directory")
-        return SpoolWriter(self.spool, self.segment_bytes, self.segment_seconds, self.max_spool_bytes, self.fsync,
-                           self.max_open_segments, self.idempotency_seconds, self.idempotency_keys)
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """TLS when tls_cert is set (tls_key: the key file, unless it is in the certificate file)."""
-        if self.tls_cert is None:
-            if self.tls_key is not None:
-                raise ValueError("gateway.tls_key needs gateway.tls_cert")
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(self.tls_cert, self.tls_key)
-        except (OSError, ssl.SSLError) as err:
-            raise ValueError(f"cannot load the TLS certificate {self.tls_cert}: {err}") from None
-        return context
 
 
 @dataclass
