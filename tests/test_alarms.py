@@ -5,16 +5,31 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import orjson
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
 
-from connectors.notify import ConsoleSettings, EmailSettings, Mailer, Notifiers, WebhookSettings, _NotifyDoFn
+from connectors.notify import (
+    ConsoleSettings,
+    EmailSettings,
+    Notifiers,
+    Notify,
+    WebhookSettings,
+    _NotifyDoFn,
+    mail_pool,
+    quiet,
+)
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
+from tests.conftest import runner_options
 from transforms.alarms import EMPTY, RuleSpec, _Selector, add, evaluate, value_of, window_starts
 from transforms.event import Event
 from transforms.route import Condition, Matcher
@@ -170,30 +185,74 @@ def smtp_server():
     controller.stop()
 
 
-def test_email_batches_per_severity_pool_with_a_minimum_interval(smtp_server) -> None:
+def mail(email: EmailSettings, alarms: list[dict], stream: TestStream | None = None,
+         clock: Callable[[], float] = lambda: 1_000_000.0, options: PipelineOptions | None = None) -> Any:
+    """Run Notify over `alarms` (bounded, on the FnApiRunner or the given `options`) or `stream` (a TestStream,
+    on the streaming DirectRunner); returns the finished pipeline's result: every mail is in the SMTP server's
+    inbox by then. The wall `clock` stands still (only the runner's processing time moves, under TestStream),
+    so a mail the minimum interval held back can only go out through one of Notify's timers."""
+    if stream is None:
+        pipeline = beam.Pipeline(options=options or runner_options())
+        source = pipeline | beam.Create(alarms)
+    else:
+        options = runner_options(streaming=True)
+        options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
+        pipeline = beam.Pipeline(options=options)
+        source = pipeline | stream
+    _ = source | Notify(Notifiers(email=email, clock=clock))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def alarms_in(message: Any) -> list[str]:
+    return [line.split()[2] for line in message.get_payload().splitlines() if line.startswith("ALARM")]
+
+
+@pytest.mark.parametrize("runner", ["FnApiRunner", "Prism"])
+def test_mail_held_by_the_minimum_interval_goes_out_before_the_run_ends(smtp_server, runner: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    """The backfill's runner, and Prism in streaming mode (the stream's), whose input here ends: a drain."""
     port, inbox = smtp_server
-    now = [1_000_000.0]
-    mailer = Mailer(EmailSettings("127.0.0.1", port, to=("oncall@example.com",), min_interval_s=300),
-                    clock=lambda: now[0])
-    for sev in (5, 4, 2):
-        mailer.add({**ALARM, "severity": sev})
-    assert mailer.flush() == 2  # pools [4, 5] and [1, 3]: one mail each
-    mailer.add({**ALARM, "severity": 5})
-    assert mailer.flush() == 0  # within the minimum interval: held
-    now[0] += 301
-    assert mailer.flush() == 1
-    assert len(inbox.mails) == 3
-    first = inbox.mails[0]
-    assert first["To"] == "oncall@example.com" and "2 alarm(s), severity up to 5" in first["Subject"]
-    assert "ALARM sev5 error_spike" in first.get_payload()
+    options = None
+    if runner == "Prism":
+        options = PipelineOptions([*request.getfixturevalue("prism").options(), "--streaming"])
+    email = EmailSettings("127.0.0.1", port, to=("oncall@example.com",), min_interval_s=300)
+    alarms = [{**ALARM, "rule": f"r{i}", "severity": sev} for i, sev in enumerate((5, 4, 2, 5))]
+    result = mail(email, [*alarms, {**ALARM, "rule": "revised", "revision": 1}],  # a revision is not mailed
+                  options=options)
+    by_pool: dict[str, list[list[str]]] = {}
+    for message in inbox.mails:
+        assert message["To"] == "oncall@example.com"
+        by_pool.setdefault("4-5" if "severity up to 2" not in message["Subject"] else "1-3", []).append(
+            alarms_in(message))
+    # pool [4, 5]: its first alarm at once, the two the interval held back in one mail when the input ended
+    assert sorted(map(len, by_pool["4-5"])) == [1, 2]
+    assert sorted(a for m in by_pool["4-5"] for a in m) == ["r0", "r1", "r3"]
+    assert by_pool["1-3"] == [["r2"]]
+    sent = result.metrics().query(MetricsFilter().with_name("mails_sent"))["counters"]
+    assert sum(c.committed for c in sent) == 3
+
+
+def test_in_a_stream_held_mail_goes_out_once_the_interval_has_passed(smtp_server) -> None:
+    port, inbox = smtp_server
+    email = EmailSettings("127.0.0.1", port, to=("a@b.c",), pools=((1, 5),), min_interval_s=300)
+    stream = TestStream().add_elements([{**ALARM, "rule": "first"}, {**ALARM, "rule": "held"}])
+    stream.advance_processing_time(301)  # the processing-time timer of the held mail fires
+    stream.add_elements([{**ALARM, "rule": "after"}]).advance_watermark_to_infinity()
+    mail(email, [], stream, clock=lambda: 0.0)  # TestStream's processing time starts at 0 as well
+    # had the held mail waited for the end, "held" and "after" would share one mail
+    assert [alarms_in(m) for m in inbox.mails] == [["first"], ["held"], ["after"]]
 
 
 def test_quiet_hours_hold_back_all_but_urgent_alarms(smtp_server) -> None:
     port, inbox = smtp_server
     three_am = 1389927600.0  # 2014-01-17 03:00 UTC
-    mailer = Mailer(EmailSettings("127.0.0.1", port, to=("a@b.c",), quiet_hours=(22, 7), urgent_severity=5),
-                    clock=lambda: three_am)
-    mailer.add({**ALARM, "severity": 4})
-    mailer.add({**ALARM, "severity": 5})
-    assert mailer.flush() == 1 and mailer.quiet_skipped == 1
-    assert "severity up to 5" in inbox.mails[0]["Subject"]
+    email = EmailSettings("127.0.0.1", port, to=("a@b.c",), quiet_hours=(22, 7), urgent_severity=5)
+    assert quiet(email, three_am) and not quiet(email, three_am + 5 * 3600)
+    assert not quiet(EmailSettings("h", quiet_hours=(9, 17)), three_am)
+    assert mail_pool(email, 4) == "4-5" and mail_pool(EmailSettings("h", pools=((4, 5),)), 2) is None
+    result = mail(email, [{**ALARM, "severity": 4}, {**ALARM, "severity": 5}], clock=lambda: three_am)
+    assert [m["Subject"].split(":")[0] for m in inbox.mails] == ["[dpipe] 1 alarm(s), severity up to 5"]
+    skipped = result.metrics().query(MetricsFilter().with_name("mail_quiet_skipped"))["counters"]
+    assert sum(c.committed for c in skipped) == 1
