@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config, spool=args.spool, host=args.host, port=args.port,
                              tls_cert=args.tls_cert, tls_key=args.tls_key, drain_seconds=args.drain_seconds)
     if args.pubsub_topic:
-        from connectors.pubsub import PubSubSink
+        from connectors.gateway.pubsub import PubSubSink
 
         try:
             sink = PubSubSink(args.pubsub_topic)

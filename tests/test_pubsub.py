@@ -19,7 +19,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from connectors.pubsub import PubSubSink
+from connectors.gateway.pubsub import PubSubSink
 from tests.servers.pubsub import PubSubServer
 
 pytestmark = pytest.mark.integration
