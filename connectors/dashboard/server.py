@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from connectors.dashboard.data import files_status, load
 from connectors.dashboard.render import chart_library, render_page
 from connectors.dashboard.status import Status, StatusCollector, StatusFn
+from connectors.loop_thread import LoopThread
 
 log = logging.getLogger("dpipe.dashboard")
 REFRESH_S = 3
@@ -98,47 +98,26 @@ async def serve(dashboard: Dashboard, host: str, port: int, stop: asyncio.Event,
         await runner.cleanup()
 
 
-class DashboardThread:
+class DashboardThread(LoopThread):
     """The dashboard in a thread of its own with its own event loop: `.url` once started, `.stop()`."""
 
+    stop_seconds = 10.0
+
     def __init__(self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(f"the dashboard on {host}:{port}", "dpipe-dashboard")
         self.dashboard, self.host, self.port = dashboard, host, port
         self.status = dashboard.source  # e.g. a StreamStatus, whose `result` the stream sets once submitted
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="dpipe-dashboard", daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _main(self) -> None:
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            await serve(self.dashboard, self.host, self.port, self._stop, self._started)
-
-        try:
-            asyncio.run(main())
-        except BaseException as err:  # e.g. the port is taken: reported by start()
-            self._error = err
-            self._ready.set()
+    async def run(self, stop: asyncio.Event) -> None:
+        await serve(self.dashboard, self.host, self.port, stop, self._started)
 
     def _started(self, port: int) -> None:
         self.port = port
-        self._ready.set()
-
-    def start(self, timeout: float = 30) -> DashboardThread:
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise RuntimeError(f"the dashboard did not start on {self.host}:{self.port}: {self._error}")
-        return self
-
-    def stop(self, timeout: float = 10) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
+        self.ready()
 
 
 def serve_in_thread(output: str | Path, port: int, status: StatusFn | None = None,
