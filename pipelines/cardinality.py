@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
+from connectors.archives import InputError
 from connectors.files import join
+from pipelines.validation import cli
 from transforms.cardinality import DEFAULT_LG_K
 from transforms.sketches import Hll
 
@@ -57,6 +59,7 @@ def query(directory: str, counter: str, start: date, end: date, period: str = "d
     return out
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.cardinality", description=__doc__.split("\n\n")[1],
                                      allow_abbrev=False)
@@ -72,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = query(args.input, args.counter, args.start, args.end, args.period, args.key, args.per_key)
     except OSError as err:
-        print(f"dpipe: cannot read {args.input}: {err}", file=sys.stderr)
-        return 2
+        raise InputError(f"cannot read {args.input}: {err}") from None
     if not results:
         print(f"dpipe: no {args.period} sketches of {args.counter!r} between {args.start} and {args.end} "
               f"in {args.input}", file=sys.stderr)
