@@ -14,7 +14,7 @@ import asyncio
 import signal
 import sys
 
-from connectors.gateway.server import GatewayServer
+from connectors.gateway.api import GatewayServer
 from connectors.gateway.service import serve
 from connectors.gateway.settings import load_settings
 from connectors.gateway.spool import LineSink, SinkError

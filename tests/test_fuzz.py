@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.gateway.server import Gateway
+from connectors.gateway.api import Gateway
 from connectors.gateway.settings import GatewaySettings
 from connectors.gateway.spool import SpoolWriter, list_segments, read_lines, spool_lines
 from pipelines.config import ConfigError, JobConfig, parse_config
