@@ -1,6 +1,6 @@
 """python -m pipelines.gateway --spool DIR [--host 127.0.0.1] [--port 8080] [--config job.yaml]
 
-Runs the HTTP gateway (`connectors/gateway/`: the API in `server.py`, the settings in `settings.py`) in front
+Runs the HTTP gateway (`connectors/gateway/`: the API in `api.py`, the settings in `settings.py`) in front
 of a spool directory. Prints `dpipe gateway listening on http://HOST:PORT` once it accepts (with --port 0, the
 port the system chose). SIGTERM or SIGINT: new posts get 503, those in flight get `drain_seconds` (5 s) to
 finish and are then cut off unacknowledged, the spool is fsynced and sealed, exit 0; one line per step on
@@ -14,7 +14,7 @@ import asyncio
 import signal
 import sys
 
-from connectors.gateway.api import GatewayServer
+from connectors.gateway.server import GatewayServer
 from connectors.gateway.service import serve
 from connectors.gateway.settings import load_settings
 from connectors.gateway.spool import LineSink, SinkError

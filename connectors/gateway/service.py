@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from connectors.gateway.api import GatewayServer
+from connectors.gateway.server import GatewayServer
 from connectors.gateway.settings import GatewaySettings
 from connectors.gateway.spool import LineSink
 from connectors.loop_thread import LoopThread
