@@ -1,4 +1,4 @@
-"""ReadFromSpool: the unbounded source that tails the gateway's spool (connectors/spool.py) as LineBatches.
+"""ReadFromSpool: the unbounded source that tails the gateway's spool (connectors/gateway/spool.py) as LineBatches.
 
 It is a Beam `UnboundedSource` (not a runner-specific trick), so the same code runs on Prism locally and on
 Flink. The reader keeps one cursor per category (an *input*: the spool cannot tell collectors apart, but it
