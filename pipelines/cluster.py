@@ -3,7 +3,7 @@
 A Flink job fails late and far away: a missing job server jar after the pipeline is built, a stream without
 checkpoints that never deletes a spool segment (on portable Flink, bundle finalization waits for a completed
 checkpoint), SDK workers that cannot import dpipe. `check_flink` turns each of those into one line that says
-what to do (`pipelines.options.UsageError`, exit 2). `FlinkJobOptions` declares the Flink runner's own
+what to do (`pipelines.validation.UsageError`, exit 2). `FlinkJobOptions` declares the Flink runner's own
 (Java-side) options dpipe's runbook uses, so the strict option parser accepts them.
 """
 
@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.utils.subprocess_server import JavaJarServer
 from apache_beam.version import __version__ as BEAM_VERSION
 
-from pipelines.options import UsageError
+from pipelines.validation import UsageError
 
 FLINK_VERSIONS = tuple(FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS)
 """The Flink minor versions Beam publishes a job server for; the cluster's must be one of them."""

@@ -15,7 +15,7 @@ DEFAULT_RUNNER = "FnApiRunner"
 
 def beam_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
     """PipelineOptions from the arguments dpipe did not consume; unknown flags are an error, not a warning."""
-    from pipelines import cluster  # here, not at the top: it imports UsageError; it declares Flink's options
+    from pipelines import cluster  # here, not at the top: it declares Flink's options
 
     cluster.check_flink_version(beam_args)
     known = set(PipelineOptions([]).get_all_options())
