@@ -12,11 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors.collector.checkpoint import load_checkpoint
+from connectors.collector.config import CollectorConfig, SourceConfig, load_collector_config
+from connectors.collector.lines import LineRules, split_block
 from connectors.gateway.api import Gateway
 from connectors.gateway.settings import GatewaySettings
 from connectors.gateway.spool import SpoolWriter, list_segments, read_lines, spool_lines
@@ -173,3 +177,81 @@ def test_corrupt_or_foreign_spool_files_are_read_or_recovered_never_a_crash(tmp_
         assert path.read_bytes() == data or seq in twins
     assert spool_lines(root)[-1][2] == b"after,1,{}"
     assert max(s.seq for s in segs) == max(s.seq for s in segs if Path(s.path).read_bytes() == b"after,1,{}\n")
+
+
+# ---- the collector: its config, its checkpoint file and what it does to the lines it reads ----
+
+COLLECTOR_KEYS = [*CollectorConfig.model_fields, "paths", "urls", "path", "lines", "bytes", "linger", "format",
+                  "area", "time", "pattern", "timezone", "ignore", "category", "read_from", "token", "port"]
+collector_trees = st.recursive(leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.one_of(st.sampled_from(COLLECTOR_KEYS), st.text(max_size=8)), inner, max_size=5)),
+    max_leaves=25)
+
+
+@FUZZ
+@given(tree=st.one_of(collector_trees, st.dictionaries(st.sampled_from(COLLECTOR_KEYS), collector_trees,
+                                                       max_size=6)))
+def test_any_yaml_tree_is_a_collector_config_or_a_clear_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                                     tree: Any) -> None:
+    path = tmp_path_factory.mktemp("collector") / "collector.yaml"
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    try:
+        config = load_collector_config(path)
+    except ConfigError as err:
+        assert str(err).startswith(str(path)) and "Traceback" not in str(err)
+    else:
+        assert isinstance(config, CollectorConfig)
+
+
+SAVED = {"id": "801.1a2b.2f.9c0ffee0", "dev": 2049, "ino": 6699, "length": 47, "crc": 2617245408,
+         "path": "/var/log/app/pv.0.log", "source": "app", "offset": 10, "sent": [[10, 20, False]]}
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.text(max_size=8)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                           max_leaves=12)
+
+
+@FUZZ
+@given(content=st.one_of(st.binary(max_size=80), json_values.map(orjson.dumps),
+                         st.dictionaries(st.sampled_from(["version", "files"]), json_values).map(orjson.dumps),
+                         st.lists(json_values, max_size=3).map(lambda f: orjson.dumps({"version": 1, "files": f})),
+                         st.builds(lambda key, value: orjson.dumps({"version": 1, "files": [{**SAVED, key: value}]}),
+                                   st.sampled_from([*SAVED, "extra"]), json_values)))
+def test_a_corrupt_collector_checkpoint_is_a_clear_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                                content: bytes) -> None:
+    path = tmp_path_factory.mktemp("checkpoint") / "checkpoint.json"
+    path.write_bytes(content)
+    try:
+        files = load_checkpoint(path)
+    except ConfigError as err:
+        assert str(err).startswith(str(path))
+    else:
+        assert isinstance(files, list) and all(isinstance(f["sent"], list) and f["offset"] >= 0 for f in files)
+
+
+line_bytes = st.one_of(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+                       st.sampled_from([b"", b"\r", b"# comment", b"us,1400000000,{}", b"x" * 70]))
+
+
+@FUZZ
+@given(lines=st.lists(line_bytes, max_size=25), start=st.integers(0, 10**9),
+       raw=st.booleans(), ignore=st.lists(st.sampled_from(["#", "re:^x+$", "us,"]), max_size=2),
+       limit=st.integers(1, 64))
+def test_split_block_tiles_the_block_and_accounts_for_every_line(lines: list[bytes], start: int, raw: bool,
+                                                                 ignore: list[str], limit: int) -> None:
+    block = b"".join(line + b"\n" for line in lines)
+    source = SourceConfig(paths=["/x"], ignore=ignore, format="raw" if raw else "als", area="us" if raw else None)
+    runs = split_block(block, start, LineRules.of(source, "host", limit), now_ms=1_400_000_000_000)
+    # the runs tile the block: every byte is in exactly one run
+    assert [r.start for r in runs] == [start, *[r.end for r in runs[:-1]]] if runs else block == b""
+    assert (runs[-1].end if runs else start) == start + len(block)
+    # every line is sent, cut to a dead letter, or counted as empty or ignored
+    read = sum(r.counts.read for r in runs)
+    assert read == len(lines)
+    assert sum(r.lines for r in runs) + sum(r.counts.empty + r.counts.ignored for r in runs if not r.dead) == read
+    assert sum(r.dead for r in runs) == sum(len(line) > limit for line in lines)
+    for run in runs:
+        if not run.dead and raw:
+            assert all(isinstance(parse_line(line, "c", 0, "app"), Event)
+                       for line in run.body.split(b"\n")[:-1])

@@ -19,9 +19,10 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.collector.metrics import Metrics
 from pipelines.validation import ConfigError
@@ -41,7 +42,27 @@ def load_checkpoint(path: Path) -> list[dict[str, Any]] | None:
                           "(files are then read as read_from says)") from None
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise ConfigError(f"{path}: not a version {VERSION} collector checkpoint")
-    return list(data["files"])
+    try:
+        return [_SavedFile.model_validate(f, strict=True).model_dump() for f in data["files"]]
+    except (KeyError, TypeError, ValidationError) as err:
+        raise ConfigError(f"{path}: a damaged collector checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                          "move it away to start over (files are then read as read_from says)") from None
+
+
+class _SavedFile(BaseModel):
+    """One followed file of the checkpoint (see the module docstring): a damaged entry is refused at start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    dev: int
+    ino: int
+    length: int
+    crc: int
+    path: str
+    source: str
+    offset: Annotated[int, Field(ge=0)]
+    sent: list[tuple[int, int, bool]]
 
 
 def _write(path: Path, data: bytes, fsync: bool) -> None:
