@@ -11,7 +11,9 @@ latest event time, plus the watermark, so a reader rebuilt from it never goes ba
 Exactly-once across a crash (docs/architecture.md, "Guarantees"): a batch is a *cut* of one segment, [start,
 end) in bytes, decided by the reader and recorded in `DIR/reader/cuts` before the batch is handed out, so a
 re-read after a crash cuts the same batches again (segments only grow, and a sealed one never changes), and
-the sinks, which name their files after the cut, replace what they wrote instead of adding to it. A crash
+the sinks, which name their files after the cut, replace what they wrote instead of adding to it. The
+journal also keeps the watermark each cut was read under: a re-read cut goes out under it again (at least
+under the replay watermark), so each branch counts the same lines of it as the first time. A crash
 loses the runner's windows (Prism keeps no state), so the mark also carries the *replay point*: per input,
 the first segment some window that is not final yet still needs (its latest event time + `replay_span_s`,
 the longest window plus its lateness, is after the *replay watermark*: the watermark as it stood
@@ -245,27 +247,30 @@ class SpoolMark(CheckpointMark):
 
 
 class _Cuts:
-    """The journal of cuts (`DIR/reader/cuts`, one `category seq start end` line per batch handed out): the
-    batch boundaries a re-read must repeat. Appended before a batch is handed out (a kill -9 keeps what was
-    written; it is fsynced once per checkpoint); rewritten without the segments before the replay point."""
+    """The journal of cuts (`DIR/reader/cuts`, one `category seq start end watermark` line per batch handed
+    out): the batch boundaries a re-read must repeat, and the watermark the batch was read under (-1: none),
+    so that a re-read batch gets the lateness verdict it got before (SpoolReader._replayed). Appended before
+    a batch is handed out (a kill -9 keeps what was written; it is fsynced once per checkpoint); rewritten
+    without the segments before the replay point."""
 
     def __init__(self, spool_dir: str) -> None:
         self.path = Path(spool_dir) / READER_DIR / CUTS
-        self.by_seq: dict[int, dict[int, int]] = {}
+        self.by_seq: dict[int, dict[int, tuple[int, int | None]]] = {}  # seq -> start -> (end, watermark)
         self.category: dict[int, str] = {}
         with contextlib.suppress(FileNotFoundError):
             for line in self.path.read_bytes().splitlines():
                 parts = line.split()
-                if len(parts) == 4:  # a line cut short by a crash was never followed by its batch
-                    self._add(parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]))
+                if len(parts) == 5:  # a line cut short by a crash was never followed by its batch
+                    ms = int(parts[4])
+                    self._add(parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]), None if ms < 0 else ms)
         self._file: Any = None
 
-    def _add(self, category: str, seq: int, start: int, end: int) -> None:
-        self.by_seq.setdefault(seq, {})[start] = end
+    def _add(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
+        self.by_seq.setdefault(seq, {})[start] = (end, watermark_ms)
         self.category[seq] = category
 
-    def end(self, seq: int, start: int) -> int | None:
-        """The recorded end of the cut starting at `start`, if a reader handed one out before."""
+    def get(self, seq: int, start: int) -> tuple[int, int | None] | None:
+        """(end, watermark) of the cut starting at `start`, if a reader handed one out before."""
         cuts = self.by_seq.get(seq)
         return cuts.get(start) if cuts else None
 
@@ -274,12 +279,16 @@ class _Cuts:
         cuts = self.by_seq.get(seq)
         return min((s for s in cuts if s > start), default=None) if cuts else None
 
-    def record(self, category: str, seq: int, start: int, end: int) -> None:
+    def record(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open: one write per batch)
-        self._file.write(b"%s %d %d %d\n" % (category.encode(), seq, start, end))
-        self._add(category, seq, start, end)
+        self._file.write(self._line(category, seq, start, end, watermark_ms))
+        self._add(category, seq, start, end, watermark_ms)
+
+    @staticmethod
+    def _line(category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> bytes:
+        return b"%s %d %d %d %d\n" % (category.encode(), seq, start, end, -1 if watermark_ms is None else watermark_ms)
 
     def sync(self) -> None:
         if self._file is not None:
@@ -294,8 +303,8 @@ class _Cuts:
             return
         for seq in gone:
             del self.by_seq[seq], self.category[seq]
-        lines = b"".join(b"%s %d %d %d\n" % (self.category[seq].encode(), seq, start, end)
-                         for seq in sorted(self.by_seq) for start, end in sorted(self.by_seq[seq].items()))
+        lines = b"".join(self._line(self.category[seq], seq, start, *cut)
+                         for seq in sorted(self.by_seq) for start, cut in sorted(self.by_seq[seq].items()))
         self.close()
         _write_atomic(self.path, lines)
 
@@ -350,6 +359,7 @@ class SpoolReader(UnboundedReader):
             c: _Input(c, seq, offset, latest.get(c)) for c, (seq, offset) in positions.items()}
         self._watermark_ms = watermark
         self._replay_watermark_ms = replay_watermark
+        self._floor_ms = watermark if crashed else None  # the replay watermark a crashed run restarts under
         self._history: deque[tuple[float, int | None]] = deque()  # (when, watermark) for the replay watermark
         self._read: dict[int, _Read] = dict(mark.segments) if mark else {}
         self._cuts = _Cuts(source.spool_dir)
@@ -455,10 +465,14 @@ class SpoolReader(UnboundedReader):
     def _emit(self, source: _Input) -> None:
         assert source.segment is not None and source.seq is not None
         seq, start = source.seq, source.buffer[source.pos][0]
-        end = self._cuts.end(seq, start)
-        if end is not None:  # handed out before a crash: the same cut again
+        watermark = self._watermark_ms
+        recorded = self._cuts.get(seq, start)
+        end = None
+        if recorded is not None:  # handed out before: the same cut again, with the lateness verdict it had
+            end, before = recorded
+            watermark = self._replayed(before)
             self._extend(source, end)
-            stop = end
+            stop: int | None = end
         else:
             stop = self._cuts.next_start(seq, start)
         n = 0
@@ -470,10 +484,9 @@ class SpoolReader(UnboundedReader):
         source.pos += n
         source.offset = source.buffer[source.pos][0] if source.buffered else source.read_to
         if end is None:
-            self._cuts.record(source.category, seq, start, source.offset)
+            self._cuts.record(source.category, seq, start, source.offset, watermark)
         name = source.segment.name
         lines = [line for _, line in take]
-        watermark = self._watermark_ms
         latest = self._latest(lines)
         if latest is not None and (source.latest_ms is None or latest > source.latest_ms):
             source.latest_ms = latest
@@ -486,11 +499,21 @@ class SpoolReader(UnboundedReader):
         source.last_data = self._last_data = _now()
         self._current = LineBatch(name, name, take[0][0], source.segment.category, [o for o, _ in take], lines,
                                   watermark_ms=watermark)
-        stamp = latest if latest is not None else (watermark if watermark is not None else int(time.time() * 1000))
-        self._current_ts = _ts(stamp if watermark is None else max(stamp, watermark))
+        now_wm = self._watermark_ms  # the element's timestamp is never behind the source's own watermark
+        stamp = latest if latest is not None else (now_wm if now_wm is not None else int(time.time() * 1000))
+        self._current_ts = _ts(stamp if now_wm is None else max(stamp, now_wm))
         self._update_watermark()
         if source.latest_ms is not None:  # each input's own watermark, for /metrics (watermark lag per input)
             Metrics.gauge("dpipe.input_watermark_ms", source.category).set(source.latest_ms - self._ooo_ms)
+
+    def _replayed(self, before: int | None) -> int | None:
+        """The watermark a re-read cut goes out under: the one it was first read under, so that every branch
+        counts the same lines of it as before, but at least the replay watermark after a crash: windows final
+        by then stay closed, their published rows stand."""
+        floor = self._floor_ms
+        if floor is None:
+            return before
+        return floor if before is None else max(before, floor)
 
     def _extend(self, source: _Input, end: int) -> None:
         """Read the input's segment on up to `end` (a recorded cut may reach past the buffer)."""

@@ -246,8 +246,9 @@ def test_a_reread_after_a_crash_cuts_the_same_batches_as_before(tmp_path: Path) 
     append(path, b"".join(als(NOW_S, i) + b"\n" for i in range(9, 20)))
     path.rename(path.with_suffix(".seg"))
     again = drain(reader(tmp_path, batch_lines=4), started=False)  # a new process: no mark, no replay point
-    cut = [(b.shard, b.seq, b.offsets, b.lines) for b in again[:len(before)]]
-    assert cut == [(b.shard, b.seq, b.offsets, b.lines) for b in before]
+    cut = [(b.shard, b.seq, b.offsets, b.lines, b.watermark_ms) for b in again[:len(before)]]
+    assert cut == [(b.shard, b.seq, b.offsets, b.lines, b.watermark_ms) for b in before]  # the same verdicts
+    assert before[1].watermark_ms is not None
     assert [len(b.lines) for b in before] == [3, 4] and [len(b.lines) for b in again[2:]] == [4, 4, 4, 1]
     assert sorted(flat(again)) == sorted(spool_lines(tmp_path))
     assert drain(reader(tmp_path, batch_lines=7), started=False)[1].offsets == again[1].offsets  # any batch size
@@ -278,8 +279,8 @@ def test_the_replay_point_keeps_what_open_windows_need_and_a_crashed_run_resumes
     # kill -9: a new reader starts at the replay point under the replay watermark, the same cuts again
     after = reader(tmp_path, batch_lines=2, max_out_of_order_s=0, replay_span_s=60)
     assert after.get_watermark() == Timestamp(base + 204)
-    assert [(b.source, b.seq, len(b.lines)) for b in drain(after, started=False)] == [
-        ("0000000000000002.pv", 0, 5)]
+    assert [(b.source, b.seq, len(b.lines), b.watermark_ms) for b in drain(after, started=False)] == [
+        ("0000000000000002.pv", 0, 5, (base + 204) * 1000)]  # first read under a lower one: now the floor
     # a clean stop replaces the replay point with its position: nothing is read again
     spool_source.request_drain(tmp_path)
     assert not after.advance()
