@@ -64,14 +64,18 @@ class Traffic:
         self.bytes_per_line = sum(len(h) + len(t or b"") + 14 for p in self.pools.values() for h, t, _ in p) / \
             max(1, sum(self.weights))
 
-    def request(self, now: float) -> tuple[str, bytes]:
-        """A 1000-line body of one category (chosen in proportion to the mix), stamped `now`."""
+    def request(self, now: float, first_id: int | None = None) -> tuple[str, bytes]:
+        """A 1000-line body of one category (chosen in proportion to the mix), stamped `now`. With `first_id`,
+        line k whose payload is a JSON object gets `"_soak": first_id + k` in it (bench/soak.py: which
+        acknowledged line is where)."""
         category = self.rng.choices(self.categories, self.weights)[0]
         pool, i = self.pools[category], self.next[category]
         ms, s = b"%d" % int(now * 1000), b"%d" % int(now)
         out = []
         for k in range(PER_REQUEST):
             head, tail, seconds = pool[(i + k) % len(pool)]
+            if tail is not None and first_id is not None and tail.startswith(b",{"):
+                tail = b',{"_soak":%d%s%s' % (first_id + k, b"" if tail.startswith(b",{}") else b",", tail[2:])
             out.append(head if tail is None else head + (s if seconds else ms) + tail)
         self.next[category] = (i + PER_REQUEST) % len(pool)
         return category, b"\n".join(out)

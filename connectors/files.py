@@ -5,6 +5,13 @@ has finished (like Beam's FileBasedSink): a reader never sees a half-written fil
 the runner retried are never published. An unbounded input never finishes, so there each file is renamed
 into place when its bundle is done (still whole or absent). File names come from the input shard and batch
 rank, so re-running the same backfill into the same output replaces files instead of adding copies.
+
+In a stream, each Parquet file holds one batch, named after its spool cut (segment and start offset: the
+spool source cuts the same batches again after a crash, connectors/spool_source.py), so a re-read after a
+crash replaces the files it wrote before instead of adding copies. JSON Lines files there are named by when
+they were written and never replaced; their rows carry an `_id` (results: branch, key and window; dead
+letters: source, offset and stage), and a reader keeps the last row per `_id` (`latest_rows`), which is what
+a re-read rewrites (docs/architecture.md, "Guarantees").
 """
 
 from __future__ import annotations
@@ -204,7 +211,7 @@ class _ShardedWriteDoFn(beam.DoFn):
         output: str,
         temp_dir: str,
         ext: str,
-        group_of: Callable[[Any], str | None],
+        group_of: Callable[[Any], Any],
         stem_of: Callable[[Any], str],
         split: Callable[[Any], Iterable[tuple[str, Any, Any]]],
         opener: Callable[[BinaryIO, Any], _Writer],
@@ -272,15 +279,20 @@ def remove_tree(path: str) -> None:
 class _WriteShards(beam.PTransform):
     """`revisions`: the sink's rows are results that a stream re-emits under the same `_id` as they change;
     there each file is named by when it was written (`_revision_stem`), so that files sort in emission order
-    and a later file never replaces an earlier one that shares its first row's id."""
+    and a later file never replaces an earlier one that shares its first row's id. `per_batch`: in a stream,
+    each batch is a file group of its own (its file names then depend on the batch alone, not on how the
+    runner bundled it)."""
 
-    def __init__(self, writer: _ShardedWriteDoFn, revisions: bool = False) -> None:
+    def __init__(self, writer: _ShardedWriteDoFn, revisions: bool = False,
+                 per_batch: Callable[[Any], Any] | None = None) -> None:
         super().__init__()
-        self._writer, self._revisions = writer, revisions
+        self._writer, self._revisions, self._per_batch = writer, revisions, per_batch
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         if self._revisions and not pcoll.is_bounded:
             self._writer._stem_of = _revision_stem
+        if self._per_batch and not pcoll.is_bounded:
+            self._writer._group_of = self._per_batch
         written = pcoll | "WriteTemp" >> beam.ParDo(self._writer)
         if not pcoll.is_bounded:  # a stream never ends: each file is published once its bundle is done
             return written | "Publish" >> beam.Map(lambda f: _publish([f])[0])
@@ -295,6 +307,16 @@ def _row_stem(row: Any) -> str:
     """A file named after its first row: stable when the same input is bundled the same way."""
     key = f"{row.source}\0{row.offset}\0{row.stage}" if isinstance(row, DeadLetter) else row.get("_id", repr(row))
     return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def dead_letter_id(letter: DeadLetter) -> str:
+    """A dead letter's `_id`: where its line is and which stage refused it (a re-read writes the same one)."""
+    key = f"{letter.source}\0{letter.offset}\0{letter.stage}\0{letter.target or ''}"
+    return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def _dead_letter_row(letter: DeadLetter) -> dict[str, Any]:
+    return {**letter.to_dict(), "_id": dead_letter_id(letter)}
 
 
 def _revision_stem(row: Any) -> str:
@@ -332,7 +354,8 @@ class _WriteParquet(_WriteShards):
                 stem_of=_batch_stem,
                 split=split,
                 opener=lambda stream, key: _ParquetWriter(stream, schema, codec, *counter(key), sort_by=sort_by),
-            )
+            ),
+            per_batch=lambda b: (b.shard, b.seq),
         )
 
 
@@ -391,7 +414,8 @@ class WriteBehaviour(_WriteParquet):
 
 
 class WriteDeadLetters(_WriteShards):
-    """DeadLetter -> `deadletter/part-*.jsonl` (raw, error, detail, source, offset, stage, category, target)."""
+    """DeadLetter -> `deadletter/part-*.jsonl` (raw, error, detail, source, offset, stage, category, target,
+    `_id`); in a stream named by emission time like the results (see the module docstring)."""
 
     def __init__(self, output: str, temp_dir: str) -> None:
         super().__init__(
@@ -401,10 +425,11 @@ class WriteDeadLetters(_WriteShards):
                 stem_of=_row_stem,
                 split=lambda letter: [("", None, [letter])],
                 opener=lambda stream, _: _JsonLinesWriter(
-                    stream, DeadLetter.to_dict, _count_dead_letter,
+                    stream, _dead_letter_row, _count_dead_letter,
                     {"dead_letters": 0, "dead_letter_reasons": {}, "sink_failures": {}},
                 ),
-            )
+            ),
+            revisions=True,
         )
 
 

@@ -7,9 +7,22 @@ next from the input that is furthest behind in event time, so a backlog is caugh
 
 Position and deletion: the checkpoint mark is each input's (seq, offset of the next line to emit) and its
 latest event time, plus the watermark, so a reader rebuilt from it never goes back in event time.
-`finalize_checkpoint`, called once the runner has durably committed a checkpoint, deletes the sealed segments
-wholly before their input's position: the only place segments are deleted, so a crash replays from the last
-committed position and never loses a line.
+
+Exactly-once across a crash (docs/architecture.md, "Guarantees"): a batch is a *cut* of one segment, [start,
+end) in bytes, decided by the reader and recorded in `DIR/reader/cuts` before the batch is handed out, so a
+re-read after a crash cuts the same batches again (segments only grow, and a sealed one never changes), and
+the sinks, which name their files after the cut, replace what they wrote instead of adding to it. The
+journal also keeps the watermark each cut was read under: a re-read cut goes out under it again (at least
+under the replay watermark), so each branch counts the same lines of it as the first time. A crash
+loses the runner's windows (Prism keeps no state), so the mark also carries the *replay point*: per input,
+the first segment some window that is not final yet still needs (its latest event time + `replay_span_s`,
+the longest window plus its lateness, is after the *replay watermark*: the watermark as it stood
+`publish_margin_s` of processing time ago, by when every final window's last pane was published), and that
+watermark. `finalize_checkpoint`, called once the runner has committed a checkpoint, first records both in
+`DIR/reader/replay.json`, then deletes the sealed segments wholly before the replay point: the only place
+segments are deleted. A reader started after a crash begins at the replay point under the replay watermark:
+the windows still open get every line again, lines of windows already final are left out as late (their
+published rows stand), and the archive rewrites the same files. `replay_bytes` bounds what is kept for that.
 
 Event time (docs/architecture.md, "Event time"): an input's own watermark is its latest event time less
 `max_out_of_order_s`; the source's watermark is the *slowest active input's*. An input is active while it has
@@ -21,15 +34,18 @@ their allowed lateness against it.
 
 A clean stop (`request_drain`): the reader stops at a batch boundary, records its positions in
 `DIR/reader/drained.json` and ends (watermark at infinity), so the runner finishes every bundle in flight;
-the stream then commits them (`commit_drain`) and the next reader starts exactly there.
+the stream then commits them (`commit_drain`: the positions replace the replay point) and the next reader
+starts exactly there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +83,13 @@ BUNDLE_SECONDS = 1.0
 DRAIN = "drain"
 """`DIR/drain`: asks the reader to stop at the next batch boundary (a clean stop)."""
 READER_DIR = "reader"
-DRAINED, POSITIONS = "drained.json", "positions.json"
+DRAINED, POSITIONS, REPLAY, CUTS = "drained.json", "positions.json", "replay.json", "cuts"
+PUBLISH_MARGIN_S = 60.0
+"""Processing time by which a window that the watermark made final has published its last pane (results p99
+is seconds: README, stream benchmark): the replay watermark lags the watermark by this much."""
+PERSIST_SECONDS = 1.0
+"""`replay.json` is rewritten at most this often while the replay point stays put (FnApiRunner finalizes in a
+busy loop)."""
 
 _warned: set[str] = set()
 _now = time.monotonic
@@ -101,10 +123,13 @@ def drained(spool_dir: str | Path) -> bool:
 
 
 def commit_drain(spool_dir: str | Path) -> None:
-    """After the job finished every bundle: the drained position becomes where the next reader starts."""
+    """After the job finished every bundle: the drained position becomes where the next reader starts (every
+    window was flushed at the end, so there is nothing to replay)."""
     folder = Path(spool_dir) / READER_DIR
     with contextlib.suppress(FileNotFoundError):
         os.replace(folder / DRAINED, folder / POSITIONS)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / REPLAY)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(Path(spool_dir) / DRAIN)
 
@@ -124,6 +149,19 @@ def _saved_positions(spool_dir: str) -> Positions:
     return {c: (p[0], p[1]) for c, p in saved.items()}
 
 
+def _saved_replay(spool_dir: str) -> tuple[Positions, int | None] | None:
+    """The replay point and watermark a crashed run left (None after a clean stop or on a new spool)."""
+    try:
+        saved = orjson.loads((Path(spool_dir) / READER_DIR / REPLAY).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return {c: (p[0], p[1]) for c, p in saved["from"].items()}, saved["watermark_ms"]
+
+
+_persisted: dict[str, tuple[float, bytes, Positions]] = {}
+"""spool dir -> (when, what) `replay.json` was last written by this process, and the replay point it holds."""
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(".tmp")
@@ -134,18 +172,34 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
+@dataclass
+class _Read:
+    """What the reader knows of a segment it has read from: its input, latest plausible event time, bytes."""
+
+    category: str
+    latest_ms: int | None = None
+    end: int = 0
+
+
 class SpoolMark(CheckpointMark):
     """Where every input stands: `positions` (see Positions; every line of an input's earlier segments has
-    been read), each input's latest event time, and the watermark, so a rebuilt reader never goes back."""
+    been read), each input's latest event time, and the watermark, so a rebuilt reader never goes back;
+    `replay` and `replay_watermark_ms` (module docstring; None: delete up to the positions), and what the
+    reader knows of the segments it keeps (`segments`: seq -> _Read), so a rebuilt reader goes on keeping
+    them."""
 
     def __init__(self, spool_dir: str, positions: Positions, latest: dict[str, int],
-                 watermark_ms: int | None) -> None:
+                 watermark_ms: int | None, replay: Positions | None = None,
+                 replay_watermark_ms: int | None = None, segments: dict[int, _Read] | None = None) -> None:
         self.spool_dir, self.positions, self.latest, self.watermark_ms = spool_dir, positions, latest, watermark_ms
+        self.replay, self.replay_watermark_ms, self.segments = replay, replay_watermark_ms, segments or {}
 
     def finalize_checkpoint(self) -> None:
-        """Delete the sealed segments before their input's position. Idempotent and cheap (one listing):
-        FnApiRunner calls it in a busy loop, Prism once per bundle. Never deletes an `.open` segment."""
-        seqs = [seq for seq, _ in self.positions.values() if seq is not None]
+        """Record the replay point, then delete the sealed segments before it (before the positions without
+        one). Idempotent and cheap (one listing): FnApiRunner calls it in a busy loop, Prism once per bundle.
+        Never deletes an `.open` segment."""
+        upto = self.positions if self.replay is None else self._persist()
+        seqs = [seq for seq, _ in upto.values() if seq is not None]
         if not seqs:
             return
         with contextlib.suppress(FileNotFoundError, ValueError):
@@ -157,7 +211,7 @@ class SpoolMark(CheckpointMark):
                               self.spool_dir, next_seq, max(seqs))
                 return
         for segment in list_segments(self.spool_dir):
-            at = self.positions.get(segment.category, (None, 0))[0]
+            at = upto.get(segment.category, (None, 0))[0]
             if at is None or segment.seq >= at:
                 continue
             if segment.sealed:
@@ -168,6 +222,20 @@ class SpoolMark(CheckpointMark):
                 log.error("spool: %s is open behind the reader's position (seq %d): its lines are not read",
                           segment.path, at)
 
+    def _persist(self) -> Positions:
+        """Write `replay.json` (when its replay point moved, or its watermark PERSIST_SECONDS after the last
+        write) and return the replay point on disk: deleting up to it is safe whatever happens next."""
+        assert self.replay is not None
+        data = orjson.dumps({"from": {c: list(p) for c, p in sorted(self.replay.items())},
+                             "watermark_ms": self.replay_watermark_ms})
+        when, last, on_disk = _persisted.get(self.spool_dir, (0.0, b"", {}))
+        now = _now()
+        if data != last and (self.replay != on_disk or now - when >= PERSIST_SECONDS):
+            _write_atomic(Path(self.spool_dir) / READER_DIR / REPLAY, data)
+            _persisted[self.spool_dir] = (now, data, dict(self.replay))
+            return self.replay
+        return on_disk
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SpoolMark) and vars(self) == vars(other)
 
@@ -176,6 +244,74 @@ class SpoolMark(CheckpointMark):
 
     def __repr__(self) -> str:
         return f"SpoolMark({self.positions}, watermark_ms={self.watermark_ms})"
+
+
+class _Cuts:
+    """The journal of cuts (`DIR/reader/cuts`, one `category seq start end watermark` line per batch handed
+    out): the batch boundaries a re-read must repeat, and the watermark the batch was read under (-1: none),
+    so that a re-read batch gets the lateness verdict it got before (SpoolReader._replayed). Appended before
+    a batch is handed out (a kill -9 keeps what was written; it is fsynced once per checkpoint); rewritten
+    without the segments before the replay point."""
+
+    def __init__(self, spool_dir: str) -> None:
+        self.path = Path(spool_dir) / READER_DIR / CUTS
+        self.by_seq: dict[int, dict[int, tuple[int, int | None]]] = {}  # seq -> start -> (end, watermark)
+        self.category: dict[int, str] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.path.read_bytes().splitlines():
+                parts = line.split()
+                if len(parts) == 5:  # a line cut short by a crash was never followed by its batch
+                    ms = int(parts[4])
+                    self._add(parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]), None if ms < 0 else ms)
+        self._file: Any = None
+
+    def _add(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
+        self.by_seq.setdefault(seq, {})[start] = (end, watermark_ms)
+        self.category[seq] = category
+
+    def get(self, seq: int, start: int) -> tuple[int, int | None] | None:
+        """(end, watermark) of the cut starting at `start`, if a reader handed one out before."""
+        cuts = self.by_seq.get(seq)
+        return cuts.get(start) if cuts else None
+
+    def next_start(self, seq: int, start: int) -> int | None:
+        """The first recorded cut after `start`: a new cut must stop there so that cuts never overlap."""
+        cuts = self.by_seq.get(seq)
+        return min((s for s in cuts if s > start), default=None) if cuts else None
+
+    def record(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open: one write per batch)
+        self._file.write(self._line(category, seq, start, end, watermark_ms))
+        self._add(category, seq, start, end, watermark_ms)
+
+    @staticmethod
+    def _line(category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> bytes:
+        return b"%s %d %d %d %d\n" % (category.encode(), seq, start, end, -1 if watermark_ms is None else watermark_ms)
+
+    def sync(self) -> None:
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+
+    def compact(self, replay: Positions) -> None:
+        """Forget the segments before their input's replay point (deleted, or about to be), when they are
+        at least half of the journal."""
+        gone = [seq for seq, c in self.category.items() if (at := replay.get(c, (None, 0))[0]) is not None
+                and seq < at]
+        if not gone or 2 * len(gone) < len(self.by_seq):
+            return
+        for seq in gone:
+            del self.by_seq[seq], self.category[seq]
+        lines = b"".join(self._line(self.category[seq], seq, start, *cut)
+                         for seq in sorted(self.by_seq) for start, cut in sorted(self.by_seq[seq].items()))
+        self.close()
+        _write_atomic(self.path, lines)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @dataclass
@@ -208,11 +344,26 @@ class SpoolReader(UnboundedReader):
     def __init__(self, source: SpoolSource, mark: SpoolMark | None) -> None:
         self._source = source
         self._ooo_ms = int(source.max_out_of_order_s * 1000)
-        positions = mark.positions if mark else _saved_positions(source.spool_dir)
+        crashed = None if mark else _saved_replay(source.spool_dir)
+        if mark:
+            positions, watermark, replay_watermark = mark.positions, mark.watermark_ms, mark.replay_watermark_ms
+        elif crashed:  # the last run did not stop cleanly: replay what its open windows need (module docstring)
+            positions, watermark = crashed
+            replay_watermark = watermark
+            log.info("spool: the last run did not stop cleanly: reading again from %s under watermark %s",
+                     positions, watermark)
+        else:
+            positions, watermark, replay_watermark = _saved_positions(source.spool_dir), None, None
         latest = mark.latest if mark else {}
         self._inputs: dict[str, _Input] = {
             c: _Input(c, seq, offset, latest.get(c)) for c, (seq, offset) in positions.items()}
-        self._watermark_ms = mark.watermark_ms if mark else None
+        self._watermark_ms = watermark
+        self._replay_watermark_ms = replay_watermark
+        self._floor_ms = watermark if crashed else None  # the replay watermark a crashed run restarts under
+        self._history: deque[tuple[float, int | None]] = deque()  # (when, watermark) for the replay watermark
+        self._read: dict[int, _Read] = dict(mark.segments) if mark else {}
+        self._cuts = _Cuts(source.spool_dir)
+        self._warned_budget = False
         self._known: set[int] = set()  # seqs seen in a listing (for GAP_GRACE_S)
         self._last_data = _now()
         self._last_event_ms: int | None = max(latest.values(), default=None)
@@ -253,36 +404,133 @@ class SpoolReader(UnboundedReader):
         return MAX_TIMESTAMP if self._done else _ts(self._watermark_ms)
 
     def get_checkpoint_mark(self) -> SpoolMark:
+        self._cuts.sync()
+        replay = self._replay_point()
+        self._cuts.compact(replay)
         return SpoolMark(self._source.spool_dir, self._positions(),
                          {c: i.latest_ms for c, i in self._inputs.items() if i.latest_ms is not None},
-                         self._watermark_ms)
+                         self._watermark_ms, replay, self._replay_watermark_ms,
+                         {seq: dataclasses.replace(r) for seq, r in self._read.items()})
+
+    def close(self) -> None:
+        self._cuts.close()
 
     def _positions(self) -> Positions:
         return {c: (i.seq, i.offset) for c, i in self._inputs.items()}
 
+    # -- the replay point (module docstring) --
+
+    def _replay_point(self) -> Positions:
+        """Per input, where a run after a crash must start: the first segment kept for a window that is not
+        final under the replay watermark (from its start), else the position. Forgets segments before it."""
+        self._move_replay_watermark()
+        mark, span = self._replay_watermark_ms, int(self._source.replay_span_s * 1000)
+        needed = sorted(seq for seq, r in self._read.items() if span > 0 and r.latest_ms is not None and (
+            mark is None or r.latest_ms + span > mark))
+        kept, total = set(), 0
+        for seq in reversed(needed):  # newest first, within the budget
+            total += self._read[seq].end
+            if total > self._source.replay_bytes:
+                if not self._warned_budget:
+                    self._warned_budget = True
+                    log.warning("spool: keeping segments for the replay after a crash would pass replay_bytes "
+                                "(%d): windows older than segment %d may be partial after a crash",
+                                self._source.replay_bytes, seq)
+                break
+            kept.add(seq)
+        replay: Positions = {}
+        for c, i in self._inputs.items():
+            first = min((seq for seq in kept if self._read[seq].category == c), default=None)
+            replay[c] = (first, 0) if first is not None and (i.seq is None or first <= i.seq) else (i.seq, i.offset)
+        for seq in [seq for seq, r in self._read.items() if (at := replay.get(r.category, (None, 0))[0]) is not None
+                    and seq < at]:
+            del self._read[seq]
+        return replay
+
+    def _move_replay_watermark(self) -> None:
+        """The watermark as it stood PUBLISH_MARGIN_S ago (never going back)."""
+        now = _now()
+        if not self._history or self._history[-1][1] != self._watermark_ms:
+            self._history.append((now, self._watermark_ms))
+        margin = self._source.publish_margin_s
+        while len(self._history) > 1 and self._history[1][0] <= now - margin:
+            self._history.popleft()
+        when, ms = self._history[0]
+        if when <= now - margin and ms is not None and (
+                self._replay_watermark_ms is None or ms > self._replay_watermark_ms):
+            self._replay_watermark_ms = ms
+
     # -- emitting and event time --
 
     def _emit(self, source: _Input) -> None:
-        take = source.buffer[source.pos:source.pos + self._source.batch_lines]
-        source.pos += len(take)
+        assert source.segment is not None and source.seq is not None
+        seq, start = source.seq, source.buffer[source.pos][0]
+        watermark = self._watermark_ms
+        recorded = self._cuts.get(seq, start)
+        end = None
+        if recorded is not None:  # handed out before: the same cut again, with the lateness verdict it had
+            end, before = recorded
+            watermark = self._replayed(before)
+            self._extend(source, end)
+            stop: int | None = end
+        else:
+            stop = self._cuts.next_start(seq, start)
+        n = 0
+        for offset, _ in source.buffer[source.pos:]:
+            if (stop is not None and offset >= stop) or (end is None and n == self._source.batch_lines):
+                break
+            n += 1
+        take = source.buffer[source.pos:source.pos + n]
+        source.pos += n
         source.offset = source.buffer[source.pos][0] if source.buffered else source.read_to
-        assert source.segment is not None
+        if end is None:
+            self._cuts.record(source.category, seq, start, source.offset, watermark)
         name = source.segment.name
         lines = [line for _, line in take]
-        watermark = self._watermark_ms
         latest = self._latest(lines)
         if latest is not None and (source.latest_ms is None or latest > source.latest_ms):
             source.latest_ms = latest
         if latest is not None and (self._last_event_ms is None or latest > self._last_event_ms):
             self._last_event_ms = latest
+        read = self._read.setdefault(seq, _Read(source.category))
+        read.end = max(read.end, source.offset)
+        if latest is not None and (read.latest_ms is None or latest > read.latest_ms):
+            read.latest_ms = latest
         source.last_data = self._last_data = _now()
         self._current = LineBatch(name, name, take[0][0], source.segment.category, [o for o, _ in take], lines,
                                   watermark_ms=watermark)
-        stamp = latest if latest is not None else (watermark if watermark is not None else int(time.time() * 1000))
-        self._current_ts = _ts(stamp if watermark is None else max(stamp, watermark))
+        now_wm = self._watermark_ms  # the element's timestamp is never behind the source's own watermark
+        stamp = latest if latest is not None else (now_wm if now_wm is not None else int(time.time() * 1000))
+        self._current_ts = _ts(stamp if now_wm is None else max(stamp, now_wm))
         self._update_watermark()
         if source.latest_ms is not None:  # each input's own watermark, for /metrics (watermark lag per input)
             Metrics.gauge("dpipe.input_watermark_ms", source.category).set(source.latest_ms - self._ooo_ms)
+
+    def _replayed(self, before: int | None) -> int | None:
+        """The watermark a re-read cut goes out under: the one it was first read under, so that every branch
+        counts the same lines of it as before, but at least the replay watermark after a crash: windows final
+        by then stay closed, their published rows stand."""
+        floor = self._floor_ms
+        if floor is None:
+            return before
+        return floor if before is None else max(before, floor)
+
+    def _extend(self, source: _Input, end: int) -> None:
+        """Read the input's segment on up to `end` (a recorded cut may reach past the buffer)."""
+        assert source.segment is not None
+        while source.read_to < end:
+            try:
+                lines, to = read_lines(source.segment.path, source.read_to, end - source.read_to)
+            except FileNotFoundError:  # renamed .open -> .seg meanwhile
+                sealed = source.segment.path.with_suffix(SEALED)
+                if source.segment.sealed or not sealed.exists():
+                    return
+                source.segment = Segment(source.segment.seq, source.segment.category, sealed, True)
+                continue
+            if not lines:
+                return  # cut back by a gateway restart (never acknowledged): the cut ends where the data does
+            source.buffer.extend(lines)
+            source.read_to = to
 
     def _latest(self, lines: list[bytes]) -> int | None:
         """The batch's latest plausible event time. Unparseable and implausibly future times (beyond now +
@@ -427,10 +675,12 @@ class SpoolSource(UnboundedSource):
 
     def __init__(self, spool_dir: str, batch_lines: int = 2000, max_out_of_order_s: float = 5.0,
                  poll_interval_s: float = 0.2, idle_stop_s: float | None = None,
-                 max_future_s: float | None = 300.0, idle_timeout_s: float = 90.0) -> None:
+                 max_future_s: float | None = 300.0, idle_timeout_s: float = 90.0, replay_span_s: float = 0.0,
+                 replay_bytes: int = 2**29, publish_margin_s: float = PUBLISH_MARGIN_S) -> None:
         if batch_lines < 1:
             raise ValueError(f"batch_lines must be >= 1, got {batch_lines}")
         self.spool_dir = str(spool_dir)
+        self.replay_span_s, self.replay_bytes, self.publish_margin_s = replay_span_s, replay_bytes, publish_margin_s
         self.batch_lines = batch_lines
         self.max_out_of_order_s = max_out_of_order_s
         self.poll_interval_s = poll_interval_s
@@ -477,15 +727,17 @@ class ReadFromSpool(beam.PTransform):
     `idle_stop_s` (tests, benchmarks): end the stream once nothing new has come for that long and nothing is
     left unread; None = run forever. `max_future_s`: event times further ahead of the wall clock move neither
     the watermark nor a batch's timestamp (None = trust them all). `idle_timeout_s`: after that long without
-    data an input stops holding the watermark.
+    data an input stops holding the watermark. `replay_span_s` (the longest window plus its lateness; 0: no
+    windows) and `replay_bytes`: what is kept to recompute open windows after a crash (module docstring).
     """
 
     def __init__(self, spool_dir: str, batch_lines: int = 2000, max_out_of_order_s: float = 5.0,
                  poll_interval_s: float = 0.2, idle_stop_s: float | None = None,
-                 max_future_s: float | None = 300.0, idle_timeout_s: float = 90.0) -> None:
+                 max_future_s: float | None = 300.0, idle_timeout_s: float = 90.0, replay_span_s: float = 0.0,
+                 replay_bytes: int = 2**29, publish_margin_s: float = PUBLISH_MARGIN_S) -> None:
         super().__init__()
         self._source = SpoolSource(spool_dir, batch_lines, max_out_of_order_s, poll_interval_s, idle_stop_s,
-                                   max_future_s, idle_timeout_s)
+                                   max_future_s, idle_timeout_s, replay_span_s, replay_bytes, publish_margin_s)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         return (

@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dashboard_port", type=int, metavar="N",
                         help="serve the live dashboard and /healthz, /status, /metrics on this port (0: any)")
     parser.add_argument("--idle_stop", type=float, metavar="S", help="end after S seconds without input (tests)")
+    parser.add_argument("--replay_bytes", type=int, metavar="N",
+                        help="spool bytes kept to recompute open windows after a crash (default: half of "
+                             "gateway.max_spool_bytes; runbooks/streaming.md)")
+    parser.add_argument("--publish_margin", type=float, metavar="S", help=argparse.SUPPRESS)  # tests: a shorter
+    # margin than connectors.spool_source.PUBLISH_MARGIN_S, so that a short run moves its replay point
     return parser.parse_known_args(argv)
 
 
@@ -154,8 +159,28 @@ def read_lines(pipeline: beam.Pipeline, args: argparse.Namespace, spool: Path, j
     conf = job.stream
     read = pipeline | "ReadFromSpool" >> ReadFromSpool(
         str(spool), idle_stop_s=args.idle_stop, max_out_of_order_s=conf.max_out_of_order,
-        idle_timeout_s=conf.idle_timeout)
+        idle_timeout_s=conf.idle_timeout, replay_span_s=replay_span(job),
+        replay_bytes=args.replay_bytes if args.replay_bytes is not None else job.gateway.max_spool_bytes // 2,
+        **({"publish_margin_s": args.publish_margin} if args.publish_margin is not None else {}))
     return read.lines | "Categories" >> beam.Map(camel_category)
+
+
+PERIOD_S = {"day": 86_400 + 3_600, "week": 7 * 86_400 + 3_600, "month": 31 * 86_400 + 3_600}
+"""A calendar period's longest span in seconds (a day with a daylight-saving change lasts 25 h)."""
+
+
+def replay_span(job: JobConfig) -> float:
+    """Seconds of event time after a line during which a window holding it may still change: the longest
+    window an aggregating branch puts a line in, plus that branch's lateness. The spool keeps that much for
+    the replay after a crash (connectors/spool_source.py); 0 when no branch aggregates."""
+    if not job.routes:
+        return 0.0
+    spans = [c.interval + c.allowed_lateness for c in job.counters]
+    spans += [s.window + s.allowed_lateness for s in job.statistics]
+    spans += [max(PERIOD_S[p] for p in c.periods) + c.allowed_lateness for c in job.cardinality]
+    spans += [PERIOD_S[f.period] + f.window + f.allowed_lateness for f in (job.funnels if job.behaviour else [])]
+    spans += [r.window.size + r.window.allowed_lateness for r in (job.alarms.rules if job.alarms else [])]
+    return float(max(spans, default=0.0))
 
 
 def camel_category(batch: LineBatch) -> LineBatch:

@@ -234,6 +234,70 @@ def test_finalize_deletes_sealed_segments_before_the_position_never_an_open_one(
     assert (segment_dir(tmp_path) / "next_seq").exists()
 
 
+def test_a_reread_after_a_crash_cuts_the_same_batches_as_before(tmp_path: Path) -> None:
+    """The cuts journal: batches handed out while an open segment grew are cut again exactly so by a reader
+    started after a crash, though the segment is now whole; what follows them is cut anew, never overlapping."""
+    path = write_segment(tmp_path, 0, "pv", [als(NOW_S, i) for i in range(3)], sealed=False)
+    first = reader(tmp_path, batch_lines=4)
+    before = drain(first, started=False)
+    append(path, b"".join(als(NOW_S, i) + b"\n" for i in range(3, 9)))
+    before += drain(first, limit=1)  # 4 of the 6 new lines: the 2 left are buffered, not handed out
+    first.get_checkpoint_mark()  # the journal is fsynced with each checkpoint
+    append(path, b"".join(als(NOW_S, i) + b"\n" for i in range(9, 20)))
+    path.rename(path.with_suffix(".seg"))
+    again = drain(reader(tmp_path, batch_lines=4), started=False)  # a new process: no mark, no replay point
+    cut = [(b.shard, b.seq, b.offsets, b.lines, b.watermark_ms) for b in again[:len(before)]]
+    assert cut == [(b.shard, b.seq, b.offsets, b.lines, b.watermark_ms) for b in before]  # the same verdicts
+    assert before[1].watermark_ms is not None
+    assert [len(b.lines) for b in before] == [3, 4] and [len(b.lines) for b in again[2:]] == [4, 4, 4, 1]
+    assert sorted(flat(again)) == sorted(spool_lines(tmp_path))
+    assert drain(reader(tmp_path, batch_lines=7), started=False)[1].offsets == again[1].offsets  # any batch size
+
+
+def test_the_replay_point_keeps_what_open_windows_need_and_a_crashed_run_resumes_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(spool_source, "_now", lambda: clock[0])
+    monkeypatch.setattr(spool_source, "_persisted", {})
+    base = NOW_S - 1000
+    old = write_segment(tmp_path, 0, "pv", [als(base + i, i) for i in range(5)])  # final once W > base + 4 + 60
+    mid = write_segment(tmp_path, 1, "pv", [als(base + 100 + i, i) for i in range(5)])
+    write_segment(tmp_path, 2, "pv", [als(base + 200 + i, i) for i in range(5)], sealed=False)
+    r = reader(tmp_path, batch_lines=5, max_out_of_order_s=0, replay_span_s=60, publish_margin_s=10)
+    drain(r, started=False)
+    mark = r.get_checkpoint_mark()
+    assert mark.replay == {"pv": (0, 0)} and mark.replay_watermark_ms is None  # no watermark 10 s old yet
+    mark.finalize_checkpoint()
+    assert old.exists()
+    clock[0] += 11  # the watermark (base + 204 s) is now 10 s old: windows of segment 0 and 1 are final
+    mark = roundtrip(r._source, r.get_checkpoint_mark())
+    assert mark.replay == {"pv": (2, 0)} and mark.replay_watermark_ms == (base + 204) * 1000
+    mark.finalize_checkpoint()
+    assert not old.exists() and not mid.exists()
+    saved = json.loads((tmp_path / "reader" / "replay.json").read_text())
+    assert saved == {"from": {"pv": [2, 0]}, "watermark_ms": (base + 204) * 1000}
+    # kill -9: a new reader starts at the replay point under the replay watermark, the same cuts again
+    after = reader(tmp_path, batch_lines=2, max_out_of_order_s=0, replay_span_s=60)
+    assert after.get_watermark() == Timestamp(base + 204)
+    assert [(b.source, b.seq, len(b.lines), b.watermark_ms) for b in drain(after, started=False)] == [
+        ("0000000000000002.pv", 0, 5, (base + 204) * 1000)]  # first read under a lower one: now the floor
+    # a clean stop replaces the replay point with its position: nothing is read again
+    spool_source.request_drain(tmp_path)
+    assert not after.advance()
+    spool_source.commit_drain(tmp_path)
+    assert not (tmp_path / "reader" / "replay.json").exists()
+    assert drain(reader(tmp_path), started=False) == []
+
+
+def test_the_replay_keeps_at_most_replay_bytes(tmp_path: Path) -> None:
+    for seq in range(4):
+        write_segment(tmp_path, seq, "pv", [als(NOW_S + seq, i) for i in range(10)])
+    size = list_segments(tmp_path)[0].path.stat().st_size
+    r = reader(tmp_path, batch_lines=10, replay_span_s=3600, replay_bytes=2 * size, publish_margin_s=0)
+    drain(r, started=False)
+    assert r.get_checkpoint_mark().replay == {"pv": (2, 0)}  # the newest two segments, not the first two
+
+
 def test_event_time_batches_never_behind_the_watermark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]  # processing time, moved by the test: idleness is then exact, not a race with sleep
     monkeypatch.setattr(spool_source, "_now", lambda: clock[0])

@@ -48,11 +48,12 @@ def lines(area: str, category: str, n: int) -> list[bytes]:
             for _ in range(n)]
 
 
-def post(port: int, category: str, body: list[bytes]) -> int:
-    """One request; the status, or 0 when the gateway is not there (killed: the client gives up on it)."""
+def post(port: int, category: str, body: list[bytes], key: str | None = None) -> int:
+    """One request (with an Idempotency-Key if given); the status, or 0 when the gateway is not there (killed:
+    the client gives up on it)."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("POST", f"/v1/logs/{category}", b"\n".join(body))
+        conn.request("POST", f"/v1/logs/{category}", b"\n".join(body), {"Idempotency-Key": key} if key else {})
         status = conn.getresponse().status
         conn.close()
         return status

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,19 @@ def results(out: Path, sink: str) -> dict[str, dict]:
     return {i: comparable(sink, r) for i, r in latest_rows(str(out / sink)).items()} if (out / sink).exists() else {}
 
 
+def assert_same_results(bounded: Path, out: Path, sinks: tuple[str, ...],
+                        equal: Callable[[Any, Any], bool] = same) -> None:
+    """Every result row of the backfill (last per `_id`) is the stream's (`equal`), and the stream has no other."""
+    for sink in sinks:
+        want, got = results(bounded, sink), results(out, sink)
+        assert want, sink
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        differ = [i for i in want if i in got and not equal(want[i], got[i])]
+        assert not (missing or extra or differ), (
+            f"{sink}: {len(missing)} missing, {len(extra)} extra, {len(differ)} differ of {len(want)}; e.g. "
+            f"{[(want[i], got[i]) for i in differ[:2]] or [want.get(i) or got.get(i) for i in (missing + extra)[:2]]}")
+
+
 def events(out: Path) -> list[tuple]:
     table = ds.dataset(out / "events", format="parquet", partitioning="hive").to_table(
         columns=["category", "area", "ts", "payload"])
@@ -152,12 +166,5 @@ def test_a_fleets_delivery_gives_the_backfills_results(sample, backfilled: Path,
     assert events(out) == events(bounded)
     assert dead_letters(out) == dead_letters(bounded)
     assert behaviour(out) == behaviour(bounded)
-    for sink in RESULT_SINKS:
-        want, got = results(bounded, sink), results(out, sink)
-        assert want, sink
-        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-        differ = [i for i in want if i in got and not same(want[i], got[i])]
-        assert not (missing or extra or differ), (
-            f"{sink}: {len(missing)} missing, {len(extra)} extra, {len(differ)} differ of {len(want)}; e.g. "
-            f"{[(want[i], got[i]) for i in differ[:2]] or [want.get(i) or got.get(i) for i in (missing + extra)[:2]]}")
+    assert_same_results(bounded, out, RESULT_SINKS)
     assert "later than the allowed lateness" not in log.read_text(), "within the lateness nothing is left out"

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -24,21 +24,26 @@ PORT = re.compile(rb"gateway on http://127.0.0.1:(\d+)")
 
 class Collector(threading.Thread):
     """Posts batches until told to stop; a batch counts as acknowledged only on a 200, and is retried (to
-    whichever gateway is up) until it gets one."""
+    whichever gateway is up) until it gets one. `body(n)` makes the n-th batch; `keyed`: each batch has an
+    Idempotency-Key, so a retry after a gateway crash is never written twice."""
 
-    def __init__(self) -> None:
+    def __init__(self, body: Callable[[int], list[bytes]] = lambda _: lines("us", "pv", 50),
+                 keyed: bool = False) -> None:
         super().__init__(daemon=True)
         self.port: int | None = None
         self.acked: list[bytes] = []
         self.done = threading.Event()
+        self._body, self._keyed = body, keyed
 
     def run(self) -> None:
+        n = 0
         while not self.done.is_set():
-            body = lines("us", "pv", 50)
-            while self.port is None or post(self.port, "pv", body) != 200:
+            body, key = self._body(n), f"collector-{id(self)}-{n}" if self._keyed else None
+            while self.port is None or post(self.port, "pv", body, key) != 200:
                 if self.done.wait(0.05):
                     return
             self.acked.extend(body)
+            n += 1
 
 
 @pytest.fixture
