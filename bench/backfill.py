@@ -4,8 +4,8 @@ instead, over the same files in the same run.
     python -m bench.backfill [--lines 1000000] [--days 4] [--repeat 1] [--config FILE] [--layouts single,many]
 
 Layouts: `single`, every line of the archive in one large plain file; `many`, the generator's files (one per
-category and day, history gzip). Runs: a plain Python loop (split, orjson, one Parquet file: bench.baseline
---plain); dpipe's own pure functions in one loop without Beam (the same work as the pipeline); DuckDB with 2
+category and day, history gzip). Runs: a plain Python loop (split, orjson, one Parquet file:
+bench.plain); dpipe's own pure functions in one loop without Beam (the same work as the pipeline); DuckDB with 2
 threads converting the same lines with JSON validation (the `bench` extra); dpipe with 1 and 2 workers.
 Each run is a separate process: wall seconds, lines/s, MB/s of line text, CPU seconds (user + system of the
 process and its workers, which a loaded machine disturbs less than wall time), peak memory (the sum over its
@@ -162,7 +162,7 @@ def modes(pattern: str, config: list[str], workers: list[int]) -> dict[str, list
     py = sys.executable
     runs = {
         "plain Python loop (split, orjson, one Parquet file)": [
-            py, "-m", "bench.baseline", "--plain", "--input", pattern],
+            py, "-m", "bench.plain", "--input", pattern],
         "dpipe's pure functions in one loop, no Beam": [py, "-m", "bench.baseline", "--input", pattern, *config],
         "DuckDB, 2 threads (split, JSON validation, one Parquet file)": [
             py, "-m", "bench.backfill", "--duckdb", pattern],

@@ -1,10 +1,6 @@
-"""The plain-Python baselines of the backfill, one process, no Beam.
+"""The plain-Python baseline of the backfill: the same read + parse + Parquet write, one process, no Beam.
 
     python -m bench.baseline --input GLOB --output DIR [--config FILE]
-    python -m bench.baseline --input GLOB --output DIR --plain
-
-The first does the same read + parse + decorate + Parquet write as the pipeline; `--plain` is the loop a user
-would write instead (`plain_loop`).
 
 It reuses dpipe's pure functions (the range reader, `parse_batch`, `decorate_batch`, `route_batch`,
 `event_partitions`), so the difference with `pipelines.backfill` is exactly what the framework costs or
@@ -19,7 +15,6 @@ import os
 import sys
 
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.archives import FileRange, read_range
@@ -118,54 +113,13 @@ def run(paths: list[str], output: str, job: JobConfig) -> dict:
     return summary
 
 
-PLAIN_SCHEMA = pa.schema([("area", pa.string()), ("ts", pa.int64()), ("payload", pa.string())])
-
-
-def plain_loop(paths: list[str], output: str) -> dict:
-    """What a user would write instead of dpipe: split each line, check the timestamp, validate the JSON with
-    orjson, write area/ts/payload to one Parquet file (bad lines only counted). No ids, dates or partitions."""
-    counts = {"lines_read": 0, "events": 0, "dead_letters": 0, "files_read": 0}
-    os.makedirs(output, exist_ok=True)
-    loads, error = orjson.loads, orjson.JSONDecodeError
-    with pq.ParquetWriter(os.path.join(output, "events.parquet"), PLAIN_SCHEMA, compression="zstd") as writer:
-        for path in paths:
-            for batch in read_range(FileRange(path, 0, None)):
-                areas, stamps, payloads = [], [], []
-                for line in batch.lines:
-                    parts = line.split(b",", 2)
-                    if len(parts) == 3 and parts[0] and parts[1].isdigit():
-                        try:
-                            fields = loads(parts[2])
-                        except error:
-                            continue
-                        if type(fields) is dict:
-                            areas.append(parts[0])
-                            stamps.append(int(parts[1]))
-                            payloads.append(parts[2])
-                counts["lines_read"] += len(batch.lines)
-                counts["events"] += len(areas)
-                counts["dead_letters"] += len(batch.lines) - len(areas)
-                writer.write_table(pa.table([pa.array(areas, pa.string()), pa.array(stamps, pa.int64()),
-                                             pa.array(payloads, pa.string())], schema=PLAIN_SCHEMA))
-            counts["files_read"] += 1
-    summary = finish_summary(counts)
-    with open(os.path.join(output, "summary.json"), "wb") as f:
-        f.write(orjson.dumps(summary))
-    return summary
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--config")
-    parser.add_argument("--plain", action="store_true", help="the plain loop (split, orjson, one Parquet file)")
     args = parser.parse_args()
-    paths = sorted(glob.glob(args.input))
-    if args.plain:
-        plain_loop(paths, args.output)
-    else:
-        run(paths, args.output, load_config(args.config))
+    run(sorted(glob.glob(args.input)), args.output, load_config(args.config))
     return 0
 
 

@@ -150,12 +150,14 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
     category = batch.category
     events = out.events
     append, loads = events.append, orjson.loads
-    min_ms = -1 if bounds.min_ms is None else bounds.min_ms
+    min_ms = 0 if bounds.min_ms is None else max(bounds.min_ms, 0)
     max_ms = MAX_MS - 1 if bounds.max_ms is None else min(bounds.max_ms, MAX_MS - 1)
     areas: dict[bytes, str | None] = {}  # area bytes -> the area, or None when it is not a good one
-    for offset, line in zip(batch.offsets, batch.lines, strict=True):
+    lines = batch.lines
+    long_lines = bool(lines) and max(map(len, lines)) > MAX_LINE_BYTES  # readers cut them: rare, all slow
+    for offset, line in zip(batch.offsets, lines, strict=True):
         parts = line.split(b",", 2)
-        if len(parts) == 3 and len(line) <= MAX_LINE_BYTES and line[-1] != 13:  # 13: b"\r"
+        if len(parts) == 3 and line[-1] != 13 and not long_lines:  # 13: b"\r"
             area_b, ts_b, payload = parts
             area = areas.get(area_b, "")
             if area == "":
@@ -164,7 +166,7 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
                 ms = int(ts_b)
                 if ms <= MS_THRESHOLD:
                     ms = ms * 1000 if ms >= MIN_SECONDS else -1
-                if min_ms <= ms <= max_ms and ms >= 0:
+                if min_ms <= ms <= max_ms:
                     try:
                         fields = loads(payload)
                     except orjson.JSONDecodeError:
