@@ -174,6 +174,21 @@ def modes(pattern: str, config: list[str], workers: list[int]) -> dict[str, list
     return runs
 
 
+def fixed_cost(config: list[str], workers: list[int]) -> None:
+    """dpipe on an empty file: start-up to a finished summary (and report) and exit."""
+    empty = WORK / "empty" / "pv.0.log"
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.write_bytes(b"")
+    print("\n| fixed cost: an empty input | wall s | CPU s | load before/after |\n|---|---:|---:|---:|")
+    for n in workers:
+        out_dir = WORK / "out-empty"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        run = timed([sys.executable, "-m", "pipelines.backfill", "--runner", "FnApiRunner", "--workers", str(n),
+                     "--input", str(empty), "--output", str(out_dir), *config])
+        print(f"| dpipe backfill, {n} worker{'s' if n > 1 else ''} | {run.seconds:.1f} | {run.cpu:.1f} | "
+              f"{run.load[0]:.1f} / {run.load[1]:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.backfill")
     parser.add_argument("--lines", type=int, default=1_000_000)
@@ -202,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(w) for w in args.workers.split(",")]
     layouts = {"single": single_file(logs).parent, "many": logs}
     print(f"\n{manifest['lines']:,} lines, {os.cpu_count()} cores, config {args.config or 'embedded defaults'}")
+    fixed_cost(config, workers)
     for layout in args.layouts.split(","):
         folder = layouts[layout]
         files = sorted(folder.iterdir())
