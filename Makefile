@@ -75,6 +75,7 @@ sdk-image:
 	docker build -f templates/flink/sdk.Dockerfile --build-arg BEAM_VERSION=$(BEAM_VERSION) -t $(SDK_IMAGE) .
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench.backfill
 
 clean:

@@ -1,7 +1,8 @@
 """ReadArchives: the bounded source over historical log files (local disk, S3, HDFS; plain, .gz, .bz2).
 
 Parallelism comes from the source (docs/architecture.md): uncompressed files are cut into byte ranges, compressed files
-are one range each; a Reshuffle spreads the (tiny) range descriptors over the workers, and each worker reads,
+are one range each; the ranges are planned where the pipeline is built, and a Reshuffle spreads the (tiny)
+range descriptors over the workers, and each worker reads,
 parses and writes its ranges without shipping lines to another process. A range owns every line whose first
 byte lies inside it, so ranges never lose or repeat a line wherever they are cut.
 """
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -311,26 +311,54 @@ class _ReadRangesDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
+COMPRESSED_EXPANSION = 5
+"""How many bytes a compressed byte of log text is about worth; only orders the ranges (plan_inputs)."""
+
+
+def plan_inputs(patterns: list[str], chunk_bytes: int, largest_first: bool = False) -> list[FileRange]:
+    """Every file the globs match, once (two globs may match one file), cut into ranges: in the order the
+    globs list them, or with `largest_first` from the largest range down.
+
+    Planned where the pipeline is built, as `check_inputs` lists them anyway: the pipeline starts with the
+    (tiny) range descriptors instead of matching, deduplicating and planning in three stages of its own.
+    The local runner deals a stage's input out to its workers in turn, in order: largest first evens out the
+    bytes each worker reads. One worker keeps the listing order, which order-sensitive results (an alarm's
+    first samples) follow.
+    """
+    sizes: dict[str, int] = {}
+    for pattern in patterns:
+        for result in FileSystems.match([pattern]):
+            for m in result.metadata_list:
+                sizes.setdefault(m.path, m.size_in_bytes)
+    ranges = [r for path, size in sizes.items() for r in plan_ranges(path, size, chunk_bytes)]
+    if not largest_first:
+        return ranges
+
+    def size(r: FileRange) -> int:
+        if r.end is not None:
+            return r.end - r.start
+        return sizes[r.path] * (COMPRESSED_EXPANSION if is_compressed(r.path) else 1)
+
+    return sorted(ranges, key=size, reverse=True)
+
+
 class ReadArchives(beam.PTransform):
     """Globs -> LineBatch (main output) and per-range read statistics (output `stats`)."""
 
     def __init__(self, patterns: list[str], chunk_bytes: int = 16 << 20, block_bytes: int = 4 << 20,
-                 progress_dir: str | None = None) -> None:
+                 progress_dir: str | None = None, largest_first: bool = False) -> None:
         super().__init__()
         self._patterns = list(patterns)
+        self._largest_first = largest_first  # several workers: see plan_inputs
         self._chunk_bytes = chunk_bytes
         self._block_bytes = block_bytes
         self._progress_dir = progress_dir  # a local folder for the driver's progress bar (connectors.progress)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
-        chunk = self._chunk_bytes
+        ranges = plan_inputs(self._patterns, self._chunk_bytes, self._largest_first)
         return (
             pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
-            | "PathAndSize" >> beam.Map(lambda m: (m.path, m.size_in_bytes))
-            | "OncePerFile" >> beam.Distinct()  # two globs matching one file must not read it twice
-            | "PlanRanges" >> beam.FlatMap(lambda ps: plan_ranges(ps[0], ps[1], chunk))
+            | "Ranges" >> beam.Create(ranges, reshuffle=False)
             | "SpreadRanges" >> beam.Reshuffle()
             | "ReadRanges"
             >> beam.ParDo(_ReadRangesDoFn(self._block_bytes, self._progress_dir))

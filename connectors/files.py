@@ -89,6 +89,17 @@ class _Writer(Protocol):
     def close(self) -> None: ...
 
 
+_PER_ROW_COLUMNS = frozenset({"payload", "_id", "offset", "ts"})
+"""Columns (nearly) unique per row: a dictionary for them is built, found too large and dropped, for
+nothing. The payload's min/max statistics (long JSON texts) serve no reader either."""
+
+
+def _column_encoding(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options per column: dictionary-encode the repetitive ones only (same rows, less CPU)."""
+    return {"use_dictionary": [n for n in schema.names if n not in _PER_ROW_COLUMNS],
+            "write_statistics": [n for n in schema.names if n != "payload"]}
+
+
 class _ParquetWriter:
     """Arrow tables into one Parquet file; `count(table, counts)` keeps the summary counts of what it holds.
     With `sort_by`, rows are held until close and written sorted (the behaviour store: by user and time)."""
@@ -97,7 +108,7 @@ class _ParquetWriter:
                  count: Callable[[pa.Table, dict], None], counts: dict[str, Any],
                  sort_by: list[str] | None = None) -> None:
         self._stream = stream
-        self._writer = pq.ParquetWriter(stream, schema, compression=compression)
+        self._writer = pq.ParquetWriter(stream, schema, compression=compression, **_column_encoding(schema))
         self._count, self.counts, self._sort_by = count, counts, sort_by
         self._held: list[pa.Table] = []
         self.rows = 0
@@ -166,7 +177,10 @@ def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Ite
     """Split a batch by (category, UTC date) into Arrow tables: (partition folder, category, table)."""
     groups: dict[tuple[str, int], list[int]] = {}
     events = batch.events
-    for i, e in enumerate(events):
+    days = [e.ts // _MS_PER_DAY for e in events]
+    if days and min(days) == max(days) and all(e.category == events[0].category for e in events):
+        groups[(events[0].category, days[0])] = list(range(len(events)))  # a batch is mostly one partition
+    for i, e in enumerate(events if not groups else ()):
         key = (e.category, e.ts // _MS_PER_DAY)
         rows = groups.get(key)
         if rows is None:

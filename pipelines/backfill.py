@@ -18,7 +18,7 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from connectors.archives import STATS, InputError, ReadArchives, check_inputs
 from connectors.files import join, remove_tree
@@ -60,8 +60,9 @@ def build_pipeline(
     progress_dir: str | None = None,
 ) -> beam.PCollection:
     """The backfill: ReadArchives -> the one graph -> the summary file. Returns the summary PCollection."""
+    several = pipeline.options.view_as(DirectOptions).direct_num_workers != 1  # 0: a worker per core
     read = pipeline | "ReadArchives" >> ReadArchives(inputs, job.read.chunk_bytes, job.read.block_bytes,
-                                                     progress_dir)
+                                                     progress_dir, largest_first=several)
     outputs = graph.build(read.lines, job, run)
     counts = (read[STATS], *outputs.counts)
     return pipeline | "WriteSummary" >> WriteSummary(summary_path, counts, outputs.written())
