@@ -92,8 +92,10 @@ PERSIST_SECONDS = 1.0
 busy loop)."""
 
 _warned: set[str] = set()
-_now = time.monotonic
-"""The processing-time clock of idleness and gaps (a test may replace it)."""
+_now = time.time
+"""The processing-time clock of idleness, gaps and the replay watermark (a test may replace it). The wall
+clock, not a monotonic one: its readings travel in the checkpoint mark, to a reader rebuilt in another
+process or on another machine."""
 
 
 def event_ms(line: bytes) -> int | None:
@@ -181,18 +183,32 @@ class _Read:
     end: int = 0
 
 
+@dataclass
+class _Clocks:
+    """The reader's processing-time state, carried in the mark. Beam rebuilds a reader from its mark whenever
+    its reader cache misses (on Prism every few seconds); without these the replay watermark, the idle
+    timeouts and the floor of a run after a crash would start over with each rebuild and never be reached."""
+
+    history: list[tuple[float, int | None]]  # (when, watermark) since publish_margin_s ago
+    floor_ms: int | None  # the replay watermark a crashed run restarted under
+    last_data: float  # when any input last delivered
+    inputs: dict[str, float]  # per input: when it last delivered
+
+
 class SpoolMark(CheckpointMark):
     """Where every input stands: `positions` (see Positions; every line of an input's earlier segments has
     been read), each input's latest event time, and the watermark, so a rebuilt reader never goes back;
     `replay` and `replay_watermark_ms` (module docstring; None: delete up to the positions), and what the
     reader knows of the segments it keeps (`segments`: seq -> _Read), so a rebuilt reader goes on keeping
-    them."""
+    them, and its processing-time state (`clocks`)."""
 
     def __init__(self, spool_dir: str, positions: Positions, latest: dict[str, int],
                  watermark_ms: int | None, replay: Positions | None = None,
-                 replay_watermark_ms: int | None = None, segments: dict[int, _Read] | None = None) -> None:
+                 replay_watermark_ms: int | None = None, segments: dict[int, _Read] | None = None,
+                 clocks: _Clocks | None = None) -> None:
         self.spool_dir, self.positions, self.latest, self.watermark_ms = spool_dir, positions, latest, watermark_ms
         self.replay, self.replay_watermark_ms, self.segments = replay, replay_watermark_ms, segments or {}
+        self.clocks = clocks
 
     def finalize_checkpoint(self) -> None:
         """Record the replay point, then delete the sealed segments before it (before the positions without
@@ -359,13 +375,18 @@ class SpoolReader(UnboundedReader):
             c: _Input(c, seq, offset, latest.get(c)) for c, (seq, offset) in positions.items()}
         self._watermark_ms = watermark
         self._replay_watermark_ms = replay_watermark
-        self._floor_ms = watermark if crashed else None  # the replay watermark a crashed run restarts under
-        self._history: deque[tuple[float, int | None]] = deque()  # (when, watermark) for the replay watermark
+        clocks = mark.clocks if mark else None
+        self._floor_ms = clocks.floor_ms if clocks else watermark if crashed else None
+        self._history: deque[tuple[float, int | None]] = deque(clocks.history if clocks else ())
         self._read: dict[int, _Read] = dict(mark.segments) if mark else {}
         self._cuts = _Cuts(source.spool_dir)
         self._warned_budget = False
         self._known: set[int] = set()  # seqs seen in a listing (for GAP_GRACE_S)
-        self._last_data = _now()
+        self._last_data = clocks.last_data if clocks else _now()
+        if clocks:
+            for c, when in clocks.inputs.items():
+                if c in self._inputs:
+                    self._inputs[c].last_data = when
         self._last_event_ms: int | None = max(latest.values(), default=None)
         self._done = False
         self._current: LineBatch | None = None
@@ -410,7 +431,9 @@ class SpoolReader(UnboundedReader):
         return SpoolMark(self._source.spool_dir, self._positions(),
                          {c: i.latest_ms for c, i in self._inputs.items() if i.latest_ms is not None},
                          self._watermark_ms, replay, self._replay_watermark_ms,
-                         {seq: dataclasses.replace(r) for seq, r in self._read.items()})
+                         {seq: dataclasses.replace(r) for seq, r in self._read.items()},
+                         _Clocks(list(self._history), self._floor_ms, self._last_data,
+                                 {c: i.last_data for c, i in self._inputs.items()}))
 
     def close(self) -> None:
         self._cuts.close()

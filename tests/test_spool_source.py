@@ -148,6 +148,36 @@ def test_the_slowest_active_input_holds_the_watermark_until_it_is_idle(tmp_path:
     assert [b.category for b in late] == ["mongoErr"] and late[0].watermark_ms == (NOW_S - 5) * 1000
 
 
+def test_a_reader_rebuilt_from_its_mark_at_every_checkpoint_keeps_its_clocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam rebuilds a reader from its mark whenever its reader cache misses (on Prism every few seconds):
+    the idle timeout, the replay watermark and a crashed run's floor must still be reached."""
+    clock = [1000.0]
+    monkeypatch.setattr(spool_source, "_now", lambda: clock[0])
+    monkeypatch.setattr(spool_source, "_persisted", {})
+    pv = write_segment(tmp_path, 0, "pv", [als(NOW_S - 1, 0)], sealed=False)
+    write_segment(tmp_path, 1, "mongoErr", [als(NOW_S - 600, 1)], sealed=False)
+    kw: dict[str, Any] = {"max_out_of_order_s": 5, "idle_timeout_s": 30, "replay_span_s": 60,
+                          "publish_margin_s": 20}
+    r = reader(tmp_path, **kw)
+    drain(r, started=False)
+    for n in range(2, 20):  # a bundle per 5 s; pv keeps delivering, mongoErr went quiet
+        clock[0] += 5
+        r = reader(tmp_path, roundtrip(r._source, r.get_checkpoint_mark()), **kw)
+        append(pv, als(NOW_S, n) + b"\n")
+        drain(r)
+    assert r.get_watermark() == Timestamp(NOW_S - 5)  # mongoErr stopped holding it after 30 s
+    mark = r.get_checkpoint_mark()
+    assert mark.replay_watermark_ms == (NOW_S - 5) * 1000  # as it stood 20 s ago
+    mark.finalize_checkpoint()
+    # kill -9, then the restarted run's reader is rebuilt too: the replay watermark stays its floor
+    again = reader(tmp_path, **kw)
+    assert again.get_watermark() == Timestamp(NOW_S - 5)
+    rebuilt = reader(tmp_path, roundtrip(again._source, again.get_checkpoint_mark()), **kw)
+    replayed = drain(rebuilt, started=False)
+    assert len(replayed) > 2 and {b.watermark_ms for b in replayed} == {(NOW_S - 5) * 1000}
+
+
 def test_a_backlog_is_read_furthest_behind_first(tmp_path: Path) -> None:
     for seq in range(6):  # pv's segments are written first, errors' later, each covering the same hour
         category = "pv" if seq < 3 else "error"
