@@ -52,6 +52,16 @@ def test_overview_of_a_stream_counts_the_files() -> None:
     assert [(d["reason"], d["count"]) for d in page["dead_letters"]] == [("not 3 fields", 2), ("empty area", 1)]
 
 
+def test_dead_letters_a_stream_wrote_again_after_a_crash_count_once(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "deadletter" / "part-1.jsonl", [
+        {"_id": "a", "raw": "x", "error": "not 3 fields"}, {"_id": "b", "raw": "y", "error": "empty area"}])
+    write_jsonl(tmp_path / "deadletter" / "part-2.jsonl", [{"_id": "a", "raw": "x", "error": "not 3 fields"}])
+    sinks, reasons = data.outputs_counts(tmp_path)
+    assert sinks["deadletter"] == 2 and reasons == {"not 3 fields": 1, "empty area": 1}
+    page = data.load(tmp_path)["pages"]["overview"]
+    assert page["totals"]["dead_letters"] == 2
+
+
 def test_alarms_newest_first_with_their_condition() -> None:
     rows = [{"rule": "spike", "key": {"area": "fr"}, "window": {"start": "2014-01-18T14:00:00Z",
              "end": "2014-01-18T14:05:00Z"}, "aggregate": "count", "value": 400, "op": ">=", "threshold": 100.0,

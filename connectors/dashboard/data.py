@@ -270,7 +270,7 @@ def load(output: str | Path, status: Row | None = None) -> Row:
     outputs = {name: len(rows) for name, rows in results.items() if (out / name).is_dir()}
     events = {} if summary is not None else event_counts(out / "events")
     pages: Row = {
-        "overview": overview(summary, read_rows(out / "deadletter"), outputs, events),
+        "overview": overview(summary, latest(read_rows(out / "deadletter")), outputs, events),
         "alarms": alarms(results["alarms"]),
         "counters": counters(results["counters"]),
         "cardinality": cardinality(results["cardinality"]),
@@ -285,7 +285,7 @@ def load(output: str | Path, status: Row | None = None) -> Row:
 def outputs_counts(output: str | Path) -> tuple[dict[str, int], dict[str, int]]:
     """(rows per sink, dead letters per reason) as the files hold them now: the stream's /status."""
     out = Path(output)
-    dead = read_rows(out / "deadletter")
+    dead = latest(read_rows(out / "deadletter"))  # a stream re-read after a crash rewrites them under their _id
     reasons: dict[str, int] = defaultdict(int)
     for d in dead:
         reasons[d.get("error") or "unknown"] += 1
