@@ -63,6 +63,7 @@ from apache_beam.io.unbounded_source import (
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
+from connectors import beam_fixes  # noqa: F401  (installs its guard in every worker that runs this read)
 from connectors.archives import STATS
 from connectors.gateway.spool import NEXT_SEQ, SEALED, Segment, list_segments, read_lines, segment_dir
 from transforms.als import parse_timestamp
@@ -597,7 +598,7 @@ class SpoolReader(UnboundedReader):
         idle_for = _now() - self._last_data
         if src.idle_stop_s is not None and idle_for >= max(src.idle_stop_s, IDLE_POLLS * src.poll_interval_s) \
                 and not any(i.behind for i in self._inputs.values()):
-            self._done = True
+            self._finish_drain()  # a stop like a drained one: the next start goes on here, replays nothing
 
     # -- clean stop --
 

@@ -356,6 +356,7 @@ def test_event_time_batches_never_behind_the_watermark(tmp_path: Path, monkeypat
     clock[0] += 0.3
     assert not r.advance()
     assert r.get_watermark() == MAX_TIMESTAMP  # idle_stop_s
+    assert spool_source.drained(tmp_path)  # ended like a clean stop: the next start replays nothing
 
 
 def test_an_empty_spool_starts_at_the_first_segment_that_appears(tmp_path: Path) -> None:

@@ -119,6 +119,7 @@ def test_kill_9_five_times_under_load_archives_every_line_once_and_gives_the_bac
         collector.join(30)
     assert proc.wait(600) == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    assert "stopped cleanly" in log.read_text() and replay_point(spool) is None  # --idle_stop: a clean end
 
     acked_lines = collector.acked
     valid = [line for line in acked_lines if b"not a time" not in line]
