@@ -27,7 +27,7 @@ from connectors.notify import ConsoleSettings, EmailSettings, Notifiers, Webhook
 from connectors.search import SearchSettings
 from pipelines.validation import ConfigError, Duration, Size, explain, read_yaml
 from transforms.alarms import RuleSpec
-from transforms.behaviour import BehaviourSpec, column_name
+from transforms.behaviour import BehaviourSpec
 from transforms.cardinality import DEFAULT_LG_K, CardinalitySpec
 from transforms.counters import CounterSpec
 from transforms.decorate import (
@@ -40,8 +40,8 @@ from transforms.decorate import (
     Op,
     RangeOp,
     Rule,
-    compile_path,
 )
+from transforms.fields import compile_path, flat_name
 from transforms.funnel import FunnelSpec, StepSpec
 from transforms.geoip import default_db
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S
@@ -557,7 +557,7 @@ class FunnelConfig(_Section):
 
     def spec(self) -> FunnelSpec:
         steps = tuple(
-            StepSpec(s.name, s.action, tuple((column_name(k), tuple(v) if isinstance(v, list) else (v,))
+            StepSpec(s.name, s.action, tuple((flat_name(k), tuple(v) if isinstance(v, list) else (v,))
                                               for k, v in s.where.items()))
             for s in self.steps
         )
@@ -608,12 +608,12 @@ class JobConfig(_Section):
 
     @model_validator(mode="after")
     def _funnels_read_behaviour(self) -> JobConfig:
-        columns = {"action", "category", "area"} | {column_name(d) for b in self.behaviour for d in b.dimensions}
+        columns = {"action", "category", "area"} | {flat_name(d) for b in self.behaviour for d in b.dimensions}
         if self.funnels and not self.behaviour:
             raise ValueError("funnels need a `behaviour:` section: which routes give users and actions")
         for f in self.funnels:
-            used = [("dimensions", column_name(d)) for d in f.dimensions]
-            used += [(f"steps.{s.name}.where", column_name(k)) for s in f.steps for k in s.where]
+            used = [("dimensions", flat_name(d)) for d in f.dimensions]
+            used += [(f"steps.{s.name}.where", flat_name(k)) for s in f.steps for k in s.where]
             for where, column in used:
                 if column not in columns:
                     raise ValueError(f"funnels.{f.name}.{where}: {column!r} is no behaviour column; columns: "

@@ -26,13 +26,15 @@ from connectors.search import WriteToElasticsearch
 from pipelines.config import JobConfig
 from transforms.alarms import Alarms
 from transforms.als import ParseAls, TimeBounds
-from transforms.behaviour import ToBehaviour, column_name
+from transforms.behaviour import ToBehaviour
 from transforms.cardinality import Cardinality
 from transforms.counters import BufferedCounter
-from transforms.decorate import COUNTS, Decorate, rule_columns
+from transforms.decorate import Decorate, rule_columns
+from transforms.fields import flat_name
 from transforms.funnel import FunnelCounts
 from transforms.route import Route, route_tag
 from transforms.statistics import Statistics
+from transforms.tags import COUNTS
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, o
     if job.behaviour:
         rows = [routed[route_tag(b.route)] | ToBehaviour(b.spec()) for b in job.behaviour] | (
             "AllBehaviour" >> beam.Flatten())
-        schema = behaviour_schema(column_name(d) for b in job.behaviour for d in b.dimensions)
+        schema = behaviour_schema(flat_name(d) for b in job.behaviour for d in b.dimensions)
         out.published.append(rows | "WriteBehaviour" >> WriteBehaviour(run.output, run.temp_dir, schema,
                                                                        job.archive.compression))
         for funnel in job.funnels:

@@ -22,11 +22,10 @@ from transforms.decorate import (
     RangeOp,
     Rule,
     decorate_batch,
-    doc_id,
-    fingerprint,
 )
 from transforms.event import Event, EventBatch
 from transforms.geoip import GeoDb, default_db
+from transforms.keys import doc_id, fingerprint
 from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Matcher
 

@@ -18,14 +18,10 @@ An op that cannot apply raises OpError: the event goes to the dead letters with 
 
 from __future__ import annotations
 
-import base64
 import bisect
-import hashlib
-import itertools
-import posixpath
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,11 +30,11 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms.event import MISSING, DeadLetter, Event, EventBatch, decode_raw, delete_path, get_path, tune_gc
+from transforms.event import MISSING, DeadLetter, Event, EventBatch, decode_raw, delete_path, tune_gc
+from transforms.fields import compile_getter, compile_path, flat_name, is_number, range_labels
 from transforms.geoip import GeoDb
-
-Path = tuple[str, ...]
-COUNTS = "counts"
+from transforms.keys import doc_id, doc_ids, fingerprint
+from transforms.tags import COUNTS, DEADLETTER
 
 
 class OpError(Exception):
@@ -48,39 +44,6 @@ class OpError(Exception):
     def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason, self.detail = reason, detail
-
-
-def compile_path(dotted: str) -> Path:
-    return tuple(dotted.split("."))
-
-
-Getter = Callable[[dict[str, Any]], Any]
-
-
-def compile_getter(dotted: str) -> Getter:
-    """A reader of one dotted key: the same as `get_path`, unrolled for the common one and two parts (this
-    is the hottest call of decoration)."""
-    path = compile_path(dotted)
-    if len(path) == 1:
-        (key,) = path
-        return lambda fields: fields.get(key, MISSING)
-    if len(path) == 2:
-        outer, inner = path
-
-        def get2(fields: dict[str, Any]) -> Any:
-            node = fields.get(outer)
-            return node.get(inner, MISSING) if type(node) is dict else MISSING
-
-        return get2
-    return lambda fields: get_path(fields, path)
-
-
-def flat_name(dotted: str) -> str:
-    return dotted.replace(".", "_")
-
-
-def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)
 
 
 # -- ops ----------------------------------------------------------------------------------------------------
@@ -168,7 +131,7 @@ class RangeOp(Op):
     def __init__(self, keys: Sequence[str], bounds: Sequence[float]) -> None:
         self.keys = [(k, compile_getter(k), flat_name(k) + "_rg") for k in keys]
         self.bounds = list(bounds)
-        self.labels = [f"{_num(lo)}-{_num(hi)}" for lo, hi in itertools.pairwise(self.bounds)]
+        self.labels = range_labels(self.bounds)
 
     def label(self, value: float) -> str | None:
         i = bisect.bisect_right(self.bounds, value)
@@ -179,7 +142,7 @@ class RangeOp(Op):
             value = get(event.fields)
             if value is MISSING or value is None:
                 continue
-            if not _is_number(value):
+            if not is_number(value):
                 raise OpError(f"range: {key} is not a number", f"got {type(value).__name__}: {value!r:.80}")
             label = self.label(value)
             if label is not None:
@@ -187,10 +150,6 @@ class RangeOp(Op):
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         return [(out, pa.string()) for _, _, out in self.keys]
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 class MoneyOp(Op):
@@ -207,7 +166,7 @@ class MoneyOp(Op):
         amount = self.get_amount(event.fields)
         if amount is MISSING or amount is None:
             return
-        if not _is_number(amount):
+        if not is_number(amount):
             raise OpError(f"money: {self.amount_key} is not a number", f"got {type(amount).__name__}: {amount!r:.80}")
         currency = self.get_currency(event.fields)
         if currency is MISSING or currency is None:
@@ -250,7 +209,7 @@ class NormalizeOp(Op):
             if value is MISSING or value is None:
                 continue
             if type(value) is not str:
-                if not _is_number(value):
+                if not is_number(value):
                     raise OpError(f"normalize: {key} is not text", f"got {type(value).__name__}: {value!r:.80}")
                 value = str(value)
             norm = self.normalize(value)
@@ -259,11 +218,6 @@ class NormalizeOp(Op):
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         return [c for *_, flat in self.keys for c in ((flat + "_norm", pa.string()), (flat + "_fp", pa.string()))]
-
-
-def fingerprint(text: str) -> str:
-    """A stable 16-hex-digit fingerprint (the same on every worker and run, unlike hash())."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 class DelOp(Op):
@@ -307,35 +261,6 @@ class IndexNamer:
             name = f"{self.prefix}_{datetime.fromtimestamp(day * 86400, UTC).strftime(self.fmt)}"
             self._by_day[day] = name
         return name
-
-
-def source_key(source: str) -> bytes:
-    """The part of a line's source that its id hashes: the file name, not the folder or filesystem, so the
-    same archive read from local disk, S3 or HDFS (or moved between them) gives the same ids."""
-    return posixpath.basename(source.rstrip("/")).encode("utf-8", "surrogateescape")
-
-
-def doc_id(source: str | bytes, offset: int, raw: bytes) -> str:
-    """Deterministic id of a line: the same line from the same file and offset always gets the same id
-    (replays and retries overwrite instead of duplicating); 128 bits, URL-safe base64. `source` is a path
-    (its `source_key` is hashed) or an already computed key."""
-    key = source_key(source) if isinstance(source, str) else source
-    digest = hashlib.blake2b(b"%s\0%d\0%s" % (key, offset, raw), digest_size=16).digest()
-    return base64.urlsafe_b64encode(digest)[:22].decode("ascii")
-
-
-def doc_ids(source: str | bytes, offsets: Sequence[int], raws: Sequence[bytes]) -> list[str]:
-    """`doc_id` of many lines of one source at once (the same ids: tests compare the two): one base64
-    encoding for the batch instead of one per line. A 16-byte digest padded to 18 bytes encodes to 24
-    characters whose first 22 are the digest's own."""
-    if not raws:
-        return []
-    prefix = (source_key(source) if isinstance(source, str) else source) + b"\0"
-    blake2b = hashlib.blake2b
-    digests = b"\0\0".join([blake2b(b"%s%d\0%s" % (prefix, offset, raw), digest_size=16).digest()
-                            for offset, raw in zip(offsets, raws, strict=True)])
-    text = base64.urlsafe_b64encode(digests + b"\0\0").decode("ascii")
-    return [text[i:i + 22] for i in range(0, len(text), 24)]
 
 
 # -- rules and the transform --------------------------------------------------------------------------------
@@ -431,7 +356,7 @@ class _DecorateDoFn(beam.DoFn):
         if events.events:
             yield events
         for letter in dead:
-            yield beam.pvalue.TaggedOutput("deadletter", letter)
+            yield beam.pvalue.TaggedOutput(DEADLETTER, letter)
         if counts:
             for name, n in counts.items():
                 Metrics.counter("dpipe.decorate", name).inc(n)
@@ -447,5 +372,5 @@ class Decorate(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return batches | "Decorate" >> beam.ParDo(self._fn).with_output_types(EventBatch).with_outputs(
-            "deadletter", COUNTS, main="events"
+            DEADLETTER, COUNTS, main="events"
         )
