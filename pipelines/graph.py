@@ -14,7 +14,6 @@ import apache_beam as beam
 
 from connectors.files import (
     WriteBehaviour,
-    WriteDeadLetters,
     WriteEventsParquet,
     WriteJsonRows,
     behaviour_schema,
@@ -24,6 +23,7 @@ from connectors.files import (
 from connectors.notify import Notify
 from connectors.search import WriteToElasticsearch
 from pipelines.config import JobConfig
+from pipelines.side_outputs import GraphOutputs, SideOutputs
 from transforms.alarms import Alarms
 from transforms.als import ParseAls, TimeBounds
 from transforms.behaviour import ToBehaviour
@@ -54,28 +54,6 @@ class RunContext:
         return join(self.output, ".dpipe-tmp", self.run_id)
 
 
-@dataclass(frozen=True)
-class GraphOutputs:
-    """What the graph produced: published files of each sink (WrittenFile) and count dicts for the summary."""
-
-    events: beam.PCollection
-    dead_letters: beam.PCollection
-    counts: tuple[beam.PCollection, ...]
-    others: tuple[beam.PCollection, ...] = ()  # published files of the other sinks (counters/...)
-
-    def written(self) -> tuple[beam.PCollection, ...]:
-        return (self.events, self.dead_letters, *self.others)
-
-
-@dataclass
-class _Branches:
-    """What the branches hand back: dead letters to write, count dicts and published files for the summary."""
-
-    dead_letters: list[beam.PCollection]
-    counts: list[beam.PCollection]
-    published: list[beam.PCollection]
-
-
 def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutputs:
     """Wire every branch onto a PCollection of LineBatch: parse, decorate, archive, route, the sinks."""
     bounds = TimeBounds.around(run.now_ms, job.parse.max_age, job.parse.max_future)
@@ -85,28 +63,26 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     events = decorated.events | "ArchiveEvents" >> WriteEventsParquet(
         run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(decorations))
     )
-    out = _Branches([parsed.deadletter, decorated.deadletter], [decorated[COUNTS]], [])
+    side = SideOutputs()
+    side.dead_letters(parsed.deadletter)
+    side.dead_letters(decorated.deadletter)
+    side.counts(decorated[COUNTS])
     if job.routes:
-        _route_branches(decorated.events, job, run, out)
-    dead = (
-        out.dead_letters
-        | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetters" >> WriteDeadLetters(run.output, run.temp_dir)
-    )
-    return GraphOutputs(events, dead, tuple(out.counts), tuple(out.published))
+        _route_branches(decorated.events, job, run, side)
+    return side.close(events, run.output, run.temp_dir)
 
 
-def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, out: _Branches) -> None:
+def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, side: SideOutputs) -> None:
     """Routes, and every sink that reads them: counters, cardinality, statistics, alarms, the index."""
     es = job.elasticsearch
     alarm_rules = job.alarms.rules if job.alarms else []
     readers = [*job.counters, *job.cardinality, *job.statistics, *alarm_rules, *job.behaviour]
     routed = events | "Route" >> Route(job.route_specs(), emit=set(es.routes if es else ()) | {
         r.route for r in readers})
-    out.counts.append(routed[COUNTS])
+    side.counts(routed[COUNTS])
 
     def write(results: beam.PCollection, sink: str, name: str) -> None:
-        out.published.append(results | f"Write[{sink}/{name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
+        side.published(results | f"Write[{sink}/{name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
 
     to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
     for counter in job.counters:
@@ -126,11 +102,11 @@ def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, o
         rows = [routed[route_tag(b.route)] | ToBehaviour(b.spec()) for b in job.behaviour] | (
             "AllBehaviour" >> beam.Flatten())
         schema = behaviour_schema(flat_name(d) for b in job.behaviour for d in b.dimensions)
-        out.published.append(rows | "WriteBehaviour" >> WriteBehaviour(run.output, run.temp_dir, schema,
-                                                                       job.archive.compression))
+        side.published(rows | "WriteBehaviour" >> WriteBehaviour(run.output, run.temp_dir, schema,
+                                                                 job.archive.compression))
         for funnel in job.funnels:
             write(rows | FunnelCounts(funnel.spec()), "funnels", funnel.name)
     if es and to_index:
         indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
-        out.dead_letters.append(indexed.deadletter)
-        out.counts.append(indexed[COUNTS])
+        side.dead_letters(indexed.deadletter)
+        side.counts(indexed[COUNTS])
