@@ -38,6 +38,13 @@ def file_counts(written: WrittenFile) -> dict[str, Any]:
     return {**written.counts, "files": {written.sink: 1}}
 
 
+def top_counts(counts: dict[str, int], n: int = 6) -> str:
+    """The largest counts as `name 1,234, ...` (and how many more), for the report lines."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{k} {v:,}" for k, v in items[:n])
+    return shown + (f", +{len(items) - n} more" if len(items) > n else "")
+
+
 def _sorted(counts: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(counts.items()))
 

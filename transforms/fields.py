@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from transforms.event import MISSING, Event, get_path
 
 Path = tuple[str, ...]
+DottedKey = Annotated[str, Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+"""A dotted key in a config (`_log_info.ip`)."""
+Keys = Annotated[list[DottedKey], Field(min_length=1)]
 Getter = Callable[[dict[str, Any]], Any]
 Reader = Callable[[Event], Any]
 
