@@ -6,6 +6,7 @@ from pipelines.components.base import Component, Wiring
 from pipelines.components.behaviour import BehaviourComponent
 from pipelines.components.cardinality import CardinalityComponent
 from pipelines.components.counters import Counters
+from pipelines.components.issues import IssuesComponent
 from pipelines.components.search import SearchIndex
 from pipelines.components.statistics import StatisticsComponent
 
@@ -16,6 +17,7 @@ COMPONENTS: list[Component] = [
     StatisticsComponent(),
     AlarmsComponent(),
     BehaviourComponent(),
+    IssuesComponent(),
 ]
 
 __all__ = ["COMPONENTS", "Component", "Wiring"]
