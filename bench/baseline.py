@@ -26,9 +26,10 @@ from transforms.alarms import _Selector, evaluate, window_starts
 from transforms.alarms import add as alarm_add
 from transforms.als import parse_batch
 from transforms.cardinality import slots_of as card_slots
-from transforms.counters import key_reader, pre_aggregate, reader
+from transforms.counters import pre_aggregate
 from transforms.decorate import decorate_batch, rule_columns
 from transforms.event import tune_gc
+from transforms.fields import key_reader, reader
 from transforms.route import route_batch
 from transforms.sketches import Frequent, Hll, Kll
 from transforms.statistics import slots_of as stats_slots

@@ -20,8 +20,10 @@ from bench.backfill import archive
 from pipelines.config import load_config
 from transforms.als import parse_batch, parse_line
 from transforms.category import category_from_path
-from transforms.decorate import DelOp, GeoIpOp, IndexNamer, MoneyOp, NormalizeOp, RangeOp, doc_id
+from transforms.decorate import IndexNamer
+from transforms.decoration import DelOp, GeoIpOp, MoneyOp, NormalizeOp, RangeOp
 from transforms.event import Event, LineBatch, tune_gc
+from transforms.keys import doc_id
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "jobs" / "engine.als.yaml"
 

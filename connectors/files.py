@@ -23,7 +23,6 @@ import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, BinaryIO, Protocol
 
 import apache_beam as beam
@@ -37,6 +36,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.behaviour import BehaviourBatch, BehaviourRow
 from transforms.event import DeadLetter, EventBatch
+from transforms.tags import DEADLETTER
+from transforms.times import MS_PER_DAY, utc_date
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -61,7 +62,6 @@ def event_schema(decorations: list[tuple[str, pa.DataType]] = ()) -> pa.Schema:
             schema = schema.append(pa.field(name, typ))
     return schema
 
-_MS_PER_DAY = 86_400_000
 
 
 @dataclass(slots=True)
@@ -177,11 +177,11 @@ def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Ite
     """Split a batch by (category, UTC date) into Arrow tables: (partition folder, category, table)."""
     groups: dict[tuple[str, int], list[int]] = {}
     events = batch.events
-    days = [e.ts // _MS_PER_DAY for e in events]
+    days = [e.ts // MS_PER_DAY for e in events]
     if days and min(days) == max(days) and all(e.category == events[0].category for e in events):
         groups[(events[0].category, days[0])] = list(range(len(events)))  # a batch is mostly one partition
     for i, e in enumerate(events if not groups else ()):
-        key = (e.category, e.ts // _MS_PER_DAY)
+        key = (e.category, e.ts // MS_PER_DAY)
         rows = groups.get(key)
         if rows is None:
             groups[key] = [i]
@@ -208,8 +208,7 @@ def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Ite
                         column[i] = value
         columns += [pa.array(values, schema.field(name).type) for name, values in extra.items()]
         table = pa.Table.from_arrays(columns, schema=schema)
-        date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
-        yield f"category={category}/date={date}", category, table
+        yield f"category={category}/date={utc_date(day)}", category, table
 
 
 class _ShardedWriteDoFn(beam.DoFn):
@@ -401,7 +400,7 @@ def behaviour_partitions(batch: BehaviourBatch, schema: pa.Schema) -> Iterator[t
     """Split a batch of behaviour rows by UTC date into Arrow tables: (partition folder, None, table)."""
     days: dict[int, list[BehaviourRow]] = {}
     for row in batch.rows:
-        days.setdefault(row.ts // _MS_PER_DAY, []).append(row)
+        days.setdefault(row.ts // MS_PER_DAY, []).append(row)
     dims = schema.names[len(BEHAVIOUR_SCHEMA):]
     for day, rows in days.items():
         ts = pa.array([r.ts for r in rows], pa.int64()).cast(schema.field("ts").type)
@@ -410,8 +409,7 @@ def behaviour_partitions(batch: BehaviourBatch, schema: pa.Schema) -> Iterator[t
             "action": [r.action for r in rows], "category": [r.category for r in rows], "area": [r.area for r in rows],
             **{d: [r.dims.get(d) for r in rows] for d in dims},
         }
-        date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
-        yield f"date={date}", None, pa.table(columns, schema=schema)
+        yield f"date={utc_date(day)}", None, pa.table(columns, schema=schema)
 
 
 def _count_behaviour(table: pa.Table, counts: dict[str, Any]) -> None:
@@ -434,7 +432,7 @@ class WriteDeadLetters(_WriteShards):
     def __init__(self, output: str, temp_dir: str) -> None:
         super().__init__(
             _ShardedWriteDoFn(
-                "deadletter", output, temp_dir, "jsonl",
+                DEADLETTER, output, temp_dir, "jsonl",
                 group_of=lambda _: None,
                 stem_of=_row_stem,
                 split=lambda letter: [("", None, [letter])],

@@ -26,13 +26,12 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import DeadLetter, Event, EventBatch, decode_raw
+from transforms.tags import COUNTS, DEADLETTER
 
 log = logging.getLogger("dpipe.search")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "elasticsearch"
-COUNTS = "counts"
-DEADLETTER = "deadletter"
 STAGE = "index"
 
 

@@ -9,6 +9,7 @@ the steps in between, so `lines_read == events + dead_letters` is a real check t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import apache_beam as beam
@@ -37,16 +38,103 @@ def file_counts(written: WrittenFile) -> dict[str, Any]:
     return {**written.counts, "files": {written.sink: 1}}
 
 
+def top_counts(counts: dict[str, int], n: int = 6) -> str:
+    """The largest counts as `name 1,234, ...` (and how many more), for the report lines."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{k} {v:,}" for k, v in items[:n])
+    return shown + (f", +{len(items) - n} more" if len(items) > n else "")
+
+
+def _sorted(counts: dict[str, Any]) -> dict[str, Any]:
+    return dict(sorted(counts.items()))
+
+
+@dataclass
+class ReadSection:
+    """The source: what was read, and the files that could not be read to their end."""
+
+    lines_read: int = 0
+    bytes_read: int = 0
+    files_read: int = 0
+    file_errors: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class ArchiveSection:
+    """The archive (`events/`): events per category, and how many carry each decoration."""
+
+    events: int = 0
+    categories: dict[str, int] = field(default_factory=dict)
+    decorations: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DeadLetterSection:
+    """`deadletter/`: lines refused (by reason) and events a sink could not take (by sink)."""
+
+    dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    sink_failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RouteSection:
+    """Decoration and routing: what the ops counted, events per route, and events no route took."""
+
+    decorate: dict[str, int] = field(default_factory=dict)
+    routes: dict[str, int] = field(default_factory=dict)
+    unmatched: int = 0
+
+
+_SECTIONS = {"read": ReadSection, "archive": ArchiveSection, "dead": DeadLetterSection, "route": RouteSection}
+
+
+@dataclass
+class Summary:
+    """summary.json as a typed structure: a section per stage of the spine, the published files per sink,
+    and one section per component (its output folder name -> what its writer counted: rows, or a dict such as
+    the index's). `to_dict` is the file's flat JSON object."""
+
+    read: ReadSection = field(default_factory=ReadSection)
+    archive: ArchiveSection = field(default_factory=ArchiveSection)
+    dead: DeadLetterSection = field(default_factory=DeadLetterSection)
+    route: RouteSection = field(default_factory=RouteSection)
+    files: dict[str, int] = field(default_factory=dict)
+    components: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        """Every line is an event or a dead letter."""
+        return self.read.lines_read == self.archive.events + self.dead.dead_letters
+
+    @property
+    def complete(self) -> bool:
+        """Every input file was read to its end."""
+        return not self.read.file_errors
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, Any]) -> Summary:
+        """Merged count dicts (or a summary's JSON object) -> the structure; keys no stage owns are
+        components' sections."""
+        rest = {k: v for k, v in counts.items() if k not in ("balanced", "complete")}
+        sections = {}
+        for name, kind in _SECTIONS.items():
+            values = {f.name: rest.pop(f.name) for f in fields(kind) if f.name in rest}
+            sections[name] = kind(**{k: _sorted(v) if isinstance(v, dict) else v for k, v in values.items()})
+        files = _sorted(rest.pop("files", {}))
+        return cls(**sections, files=files, components=rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in _SECTIONS:
+            out.update(asdict(getattr(self, name)))
+        out.update(files=self.files, **self.components, balanced=self.balanced, complete=self.complete)
+        return out
+
+
 def finish_summary(counts: dict[str, Any]) -> dict[str, Any]:
-    """Fill the always-present keys and the balance check."""
-    summary = {"lines_read": 0, "bytes_read": 0, "files_read": 0, "events": 0, "dead_letters": 0, "unmatched": 0}
-    summary.update(counts)
-    for key in ("categories", "dead_letter_reasons", "sink_failures", "files", "routes", "decorate", "decorations",
-                "file_errors"):
-        summary[key] = dict(sorted(summary.get(key, {}).items()))
-    summary["balanced"] = summary["lines_read"] == summary["events"] + summary["dead_letters"]
-    summary["complete"] = not summary["file_errors"]  # every input file read to its end
-    return summary
+    """Merged counts -> summary.json's object: the always-present keys and the balance check."""
+    return Summary.from_counts(counts).to_dict()
 
 
 def _write(counts: dict[str, Any], path: str) -> dict[str, Any]:

@@ -25,7 +25,9 @@ from connectors.files import join, remove_tree
 from connectors.progress import ProgressBar
 from connectors.search import install_templates
 from connectors.summary import SUMMARY_FILE, WriteSummary
+from connectors.summary import top_counts as top
 from pipelines import graph, resume
+from pipelines.components import COMPONENTS
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.funnel import format_funnels, read_results
 from pipelines.options import LOCAL_RUNNERS, UsageError, beam_options, setup_logging
@@ -156,11 +158,6 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
     """A few human lines: how much, how fast, where it went, and why lines were rejected."""
     lines = summary["lines_read"]
 
-    def top(counts: dict[str, int], n: int = 6) -> str:
-        items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{k} {v:,}" for k, v in items[:n])
-        return shown + (f", +{len(items) - n} more" if len(items) > n else "")
-
     out = [
         f"dpipe backfill: {lines:,} lines from {summary['files_read']:,} files "
         f"({summary['bytes_read'] / 1e6:,.1f} MB) in {seconds:,.1f} s ({lines / max(seconds, 1e-9):,.0f} lines/s)",
@@ -171,12 +168,10 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
         out.append(f"  decorated     {top(summary['decorations'])}")
     if summary["routes"]:
         out.append(f"  routes        {top(summary['routes'])}; unmatched {summary['unmatched']:,}")
-    results = {k: summary[k] for k in ("alarms", "counters", "cardinality", "stats", "behaviour", "funnels")
-               if summary.get(k)}
+    results = {k: v for c in COMPONENTS for k, v in c.summary(summary).items()}
     if results:
         out.append("  analysis      " + ", ".join(f"{k} {v:,}" for k, v in results.items()))
-    if summary.get("index"):
-        out.append(f"  indexed       {top(summary['index'])}")
+    out += [line for c in COMPONENTS for line in c.summary_lines(summary)]
     if summary["sink_failures"]:
         out.append(f"  sink failures {top(summary['sink_failures'])} (in deadletter/, the events are archived)")
     out += [

@@ -12,27 +12,14 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from connectors.files import (
-    WriteBehaviour,
-    WriteDeadLetters,
-    WriteEventsParquet,
-    WriteJsonRows,
-    behaviour_schema,
-    event_schema,
-    join,
-)
-from connectors.notify import Notify
-from connectors.search import WriteToElasticsearch
+from connectors.files import WriteEventsParquet, event_schema, join
+from pipelines.components import COMPONENTS, Wiring
 from pipelines.config import JobConfig
-from transforms.alarms import Alarms
+from pipelines.side_outputs import GraphOutputs, SideOutputs
 from transforms.als import ParseAls, TimeBounds
-from transforms.behaviour import ToBehaviour, column_name
-from transforms.cardinality import Cardinality
-from transforms.counters import BufferedCounter
-from transforms.decorate import COUNTS, Decorate, rule_columns
-from transforms.funnel import FunnelCounts
-from transforms.route import Route, route_tag
-from transforms.statistics import Statistics
+from transforms.decorate import Decorate, rule_columns
+from transforms.route import Route
+from transforms.tags import COUNTS
 
 
 @dataclass(frozen=True)
@@ -52,28 +39,6 @@ class RunContext:
         return join(self.output, ".dpipe-tmp", self.run_id)
 
 
-@dataclass(frozen=True)
-class GraphOutputs:
-    """What the graph produced: published files of each sink (WrittenFile) and count dicts for the summary."""
-
-    events: beam.PCollection
-    dead_letters: beam.PCollection
-    counts: tuple[beam.PCollection, ...]
-    others: tuple[beam.PCollection, ...] = ()  # published files of the other sinks (counters/...)
-
-    def written(self) -> tuple[beam.PCollection, ...]:
-        return (self.events, self.dead_letters, *self.others)
-
-
-@dataclass
-class _Branches:
-    """What the branches hand back: dead letters to write, count dicts and published files for the summary."""
-
-    dead_letters: list[beam.PCollection]
-    counts: list[beam.PCollection]
-    published: list[beam.PCollection]
-
-
 def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutputs:
     """Wire every branch onto a PCollection of LineBatch: parse, decorate, archive, route, the sinks."""
     bounds = TimeBounds.around(run.now_ms, job.parse.max_age, job.parse.max_future)
@@ -83,52 +48,23 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     events = decorated.events | "ArchiveEvents" >> WriteEventsParquet(
         run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(decorations))
     )
-    out = _Branches([parsed.deadletter, decorated.deadletter], [decorated[COUNTS]], [])
+    side = SideOutputs()
+    side.dead_letters(parsed.deadletter)
+    side.dead_letters(decorated.deadletter)
+    side.counts(decorated[COUNTS])
     if job.routes:
-        _route_branches(decorated.events, job, run, out)
-    dead = (
-        out.dead_letters
-        | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetters" >> WriteDeadLetters(run.output, run.temp_dir)
-    )
-    return GraphOutputs(events, dead, tuple(out.counts), tuple(out.published))
+        _route_branches(decorated.events, job, run, side)
+    return side.close(events, run.output, run.temp_dir)
 
 
-def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, out: _Branches) -> None:
-    """Routes, and every sink that reads them: counters, cardinality, statistics, alarms, the index."""
+def _route_branches(events: beam.PCollection, job: JobConfig, run: RunContext, side: SideOutputs) -> None:
+    """Routes, and every component that reads them (pipelines/components, wired in registry order; the
+    search index last, as it takes what others add to it)."""
+    wanted = {route for c in COMPONENTS for _, route in c.routes(job)}
+    routed = events | "Route" >> Route(job.route_specs(), emit=wanted)
+    side.counts(routed[COUNTS])
     es = job.elasticsearch
-    alarm_rules = job.alarms.rules if job.alarms else []
-    readers = [*job.counters, *job.cardinality, *job.statistics, *alarm_rules, *job.behaviour]
-    routed = events | "Route" >> Route(job.route_specs(), emit=set(es.routes if es else ()) | {
-        r.route for r in readers})
-    out.counts.append(routed[COUNTS])
-
-    def write(results: beam.PCollection, sink: str, name: str) -> None:
-        out.published.append(results | f"Write[{sink}/{name}]" >> WriteJsonRows(sink, run.output, run.temp_dir))
-
-    to_index = [routed[route_tag(name)] for name in (es.routes if es else ())]
-    for counter in job.counters:
-        docs = routed[route_tag(counter.route)] | BufferedCounter(counter.spec(), job.index.namer())
-        write(docs, "counters", counter.name)
-        if es and counter.index:
-            to_index.append(docs)
-    for conf in job.cardinality:
-        write(routed[route_tag(conf.route)] | Cardinality(conf.spec()), "cardinality", conf.name)
-    for conf in job.statistics:
-        write(routed[route_tag(conf.route)] | Statistics(conf.spec()), "stats", conf.name)
-    for route in sorted({r.route for r in alarm_rules}):
-        alarms = routed[route_tag(route)] | Alarms(f"Alarms[{route}]", [r.spec() for r in alarm_rules
-                                                                         if r.route == route])
-        write(alarms | f"Notify[{route}]" >> Notify(job.alarms.notifiers()), "alarms", route)
-    if job.behaviour:
-        rows = [routed[route_tag(b.route)] | ToBehaviour(b.spec()) for b in job.behaviour] | (
-            "AllBehaviour" >> beam.Flatten())
-        schema = behaviour_schema(column_name(d) for b in job.behaviour for d in b.dimensions)
-        out.published.append(rows | "WriteBehaviour" >> WriteBehaviour(run.output, run.temp_dir, schema,
-                                                                       job.archive.compression))
-        for funnel in job.funnels:
-            write(rows | FunnelCounts(funnel.spec()), "funnels", funnel.name)
-    if es and to_index:
-        indexed = to_index | "ToIndex" >> beam.Flatten() | "Index" >> WriteToElasticsearch(es.settings())
-        out.dead_letters.append(indexed.deadletter)
-        out.counts.append(indexed[COUNTS])
+    wiring = Wiring(routed, side, run.output, run.temp_dir, job.index.namer(), job.archive.compression,
+                    es.settings() if es else None)
+    for component in sorted(COMPONENTS, key=lambda c: c.wire_last):
+        component.wire(job, wiring)

@@ -8,6 +8,7 @@ those lines. Every entry point prints a UserError as `dpipe: ...` and exits 2, w
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import sys
 import typing
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -76,6 +77,36 @@ def _size(value: Any) -> int:
 
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
+
+
+def _whole_seconds(value: float) -> float:
+    if value < 1 or value != int(value):
+        raise ValueError("expected a whole number of seconds, at least 1s")
+    return value
+
+
+WholeSeconds = Annotated[float, BeforeValidator(_duration), AfterValidator(_whole_seconds)]
+"""A duration of whole seconds, at least 1s (a counter's interval, a statistics window)."""
+
+
+def increasing(what: str) -> AfterValidator:
+    """Bounds that must be strictly increasing (`what` names them in the error)."""
+    def check(value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"{what} must be strictly increasing")
+        return value
+
+    return AfterValidator(check)
+
+
+def existing_file(what: str) -> AfterValidator:
+    """A path that must name a file (`what` names it in the error: `no CA file at ...`)."""
+    def check(value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no {what} at {value!r}")
+        return value
+
+    return AfterValidator(check)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -30,7 +30,7 @@ from connectors.notify import (
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
 from tests.conftest import runner_options
-from transforms.alarms import EMPTY, RuleSpec, _Selector, add, evaluate, value_of, window_starts
+from transforms.alarms import EMPTY, Acc, RuleSpec, _Selector, add, evaluate, value_of, window_starts
 from transforms.event import Event
 from transforms.route import Condition, Matcher
 
@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MIN = 60_000
 
 
-def acc_of(n: int) -> tuple:
-    return (n, 0.0, 0, frozenset(), ())
+def acc_of(n: int) -> Acc:
+    return Acc(n, 0.0, 0, frozenset(), ())
 
 
 def test_sliding_windows_hold_each_event_size_over_period_times() -> None:

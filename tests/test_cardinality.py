@@ -15,9 +15,10 @@ import pytest
 from pipelines.backfill import run_backfill
 from pipelines.cardinality import query
 from pipelines.config import parse_config
-from transforms.cardinality import CardinalitySpec, LocalDays, period_start, slots_of
+from transforms.cardinality import CardinalitySpec, slots_of
 from transforms.event import Event
 from transforms.sketches import Hll
+from transforms.times import LocalDays, period_start
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from pipelines.backfill import run_backfill
 from pipelines.config import parse_config
-from transforms.counters import EMPTY, CounterSpec, add, counter_document, merge, pre_aggregate, reader
+from transforms.counters import EMPTY, CounterSpec, add, counter_document, merge, pre_aggregate
 from transforms.decorate import IndexNamer
 from transforms.event import Event, EventBatch
+from transforms.fields import reader
 
 values = st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-10**6, 10**6), st.none(), st.text(max_size=3)),
                   max_size=40)

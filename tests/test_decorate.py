@@ -12,21 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.decorate import (
-    DelOp,
-    GeoIpOp,
-    IndexNamer,
-    MoneyOp,
-    NormalizeOp,
-    OpError,
-    RangeOp,
-    Rule,
-    decorate_batch,
-    doc_id,
-    fingerprint,
-)
+from transforms.decorate import IndexNamer, Rule, decorate_batch
+from transforms.decoration import DelOp, GeoIpOp, MoneyOp, NormalizeOp, OpError, RangeOp
 from transforms.event import Event, EventBatch
 from transforms.geoip import GeoDb, default_db
+from transforms.keys import doc_id, fingerprint
 from transforms.money import DEFAULT_RATES, EXPONENTS
 from transforms.route import Matcher
 

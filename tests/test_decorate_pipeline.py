@@ -13,7 +13,8 @@ import pytest
 from pipelines.backfill import run_backfill
 from pipelines.config import load_config
 from tests.conftest import PINNED
-from transforms.decorate import MoneyOp, doc_id
+from transforms.decoration import MoneyOp
+from transforms.keys import doc_id
 from transforms.money import DEFAULT_RATES, EXPONENTS
 
 ROOT = Path(__file__).resolve().parent.parent

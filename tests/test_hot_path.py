@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from connectors.archives import COMPRESSED_EXPANSION, FileRange, plan_inputs
 from transforms.als import MAX_LINE_BYTES, MS_THRESHOLD, TimeBounds, parse_batch, parse_line
-from transforms.decorate import doc_id, doc_ids
 from transforms.event import Event, LineBatch
+from transforms.keys import doc_id, doc_ids
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,12 +15,13 @@ from apache_beam.testing.util import assert_that
 from apache_beam.transforms import window
 
 from transforms.behaviour import BehaviourBatch, BehaviourRow
-from transforms.cardinality import Cardinality, CardinalitySpec, period_bounds
+from transforms.cardinality import Cardinality, CardinalitySpec
 from transforms.counters import BufferedCounter, CounterSpec
 from transforms.decorate import IndexNamer
 from transforms.event import Event, EventBatch
 from transforms.funnel import FunnelCounts, FunnelSpec, StepSpec, periods_of
 from transforms.lateness import cutoff, runner_lateness
+from transforms.times import period_bounds
 
 S = 1000
 T0 = 1_389_916_800  # 2014-01-17 00:00 UTC, seconds

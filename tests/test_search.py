@@ -37,8 +37,8 @@ def opensearch(tmp_path_factory: pytest.TempPathFactory):
 def job_for(url: str, client: str, prefix: str, counters: bool = True, **es: Any) -> JobConfig:
     data = yaml.safe_load((ROOT / "templates" / "jobs" / "engine.als.yaml").read_text())
     data["index"]["prefix"] = prefix
-    if not counters:
-        data["counters"] = []
+    if not counters:  # only the routed events: no derived documents (counters, issues)
+        data["counters"] = data["issues"] = []
     data["elasticsearch"] = {"routes": ["indexed"], "client": client, "hosts": [url],
                              "retry": {"initial_backoff": "100ms", "max_backoff": "2s"}, **es}
     return parse_config(data)
@@ -71,13 +71,12 @@ def dead_letters(out: Path) -> list[dict[str, Any]]:
 
 def check_backfill_indexes_every_routed_event_once(sample, tmp_path: Path, url: str, write_url: str,
                                                    client: str, prefix: str) -> None:
-    """The shared assertions: every routed event and counter document is in the cluster exactly once, and a
-    second run of the same backfill adds nothing."""
+    """The shared assertions: every routed event, counter document and issue is in the cluster exactly once,
+    and a second run of the same backfill adds nothing."""
     logs, manifest = sample
     job = job_for(write_url, client, prefix)
     summary = run_backfill([str(logs / "*")], str(tmp_path / "a"), job, PINNED, install_templates=True)
-    counters = summary["counters"]
-    expected = summary["routes"]["indexed"] + counters
+    expected = summary["routes"]["indexed"] + summary["counters"] + summary["issues"]
     assert summary["index"] == {"indexed": expected, "duplicates": 0, "rejected": 0, "retried": 0}
     assert count(url, f"{prefix}_*") == expected  # documents by id: none lost, none twice
     template = get(url, f"/_index_template/dpipe-{prefix}-events")["index_templates"][0]["index_template"]

@@ -22,22 +22,23 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import orjson
 from apache_beam.coders import coders
 from apache_beam.transforms import userstate, window
-from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms.counters import reader
-from transforms.decorate import fingerprint
 from transforms.event import MISSING, Event, EventBatch, decode_raw
+from transforms.fields import reader
+from transforms.keys import result_id
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
+from transforms.partials import PartialsDoFn
 from transforms.route import Matcher
+from transforms.times import iso_ms
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
@@ -70,9 +71,18 @@ class RuleSpec:
         return self.aggregate in ("count", "distinct") and (self.change_percent is not None or self.op in (">=", ">"))
 
 
-# accumulator: (events, sum of numbers, numbers, distinct values (capped), sample raw lines)
-Acc = tuple[int, float, int, frozenset, tuple[str, ...]]
-EMPTY: Acc = (0, 0.0, 0, frozenset(), ())
+class Acc(NamedTuple):
+    """A window's partial of a (rule, key): events, the sum and count of numeric values, distinct values
+    (capped) and a few sample raw lines."""
+
+    events: int
+    total: float
+    numbers: int
+    distinct: frozenset
+    samples: tuple[str, ...]
+
+
+EMPTY = Acc(0, 0.0, 0, frozenset(), ())
 DISTINCT_CAP = 100_000  # distinct values kept per window and key; beyond it, the count is a lower bound
 
 
@@ -91,12 +101,13 @@ def add(acc: Acc, value: Any, sample: str | None, rule: RuleSpec) -> Acc:
         distinct = distinct | {value if type(value) is str else str(value)}
     if sample is not None and len(samples) < rule.samples:
         samples = (*samples, sample)
-    return events + 1, total, numbers, distinct, samples
+    return Acc(events + 1, total, numbers, distinct, samples)
 
 
 def merge(a: Acc, b: Acc, samples: int) -> Acc:
-    distinct = a[3] | b[3] if len(a[3]) + len(b[3]) <= DISTINCT_CAP else a[3]
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2], distinct, (a[4] + b[4])[:samples]
+    distinct = a.distinct | b.distinct if len(a.distinct) + len(b.distinct) <= DISTINCT_CAP else a.distinct
+    return Acc(a.events + b.events, a.total + b.total, a.numbers + b.numbers, distinct,
+               (a.samples + b.samples)[:samples])
 
 
 def value_of(acc: Acc, rule: RuleSpec) -> float:
@@ -143,23 +154,17 @@ class Windows(dict):
 beam.coders.registry.register_coder(Windows, coders.PickleCoder)
 
 
-class _PartialsDoFn(beam.DoFn):
-    """One accumulator per (rule, key, window start) per bundle (emitted early past `max_slots`). Bounded: one
-    element per (rule, key) with all its windows; unbounded (`per_window`): one per window, in that window's
-    event time, leaving out (and counting) events of windows closed for their batch (transforms/lateness.py)."""
+class AlarmFolder:
+    """One accumulator per (rule, key, window start) per bundle (transforms/partials.py). Bounded: one element
+    per (rule, key) with all its windows; unbounded (`per_window`): one per window, in that window's event
+    time, leaving out (and counting) events of windows closed for their batch (transforms/lateness.py)."""
 
-    def __init__(self, rules: list[RuleSpec], max_slots: int = 200_000, per_window: bool = False) -> None:
-        self._rules, self._max_slots, self._per_window = rules, max_slots, per_window
+    def __init__(self, rules: list[RuleSpec], per_window: bool = False) -> None:
+        self._selectors = [_Selector(r) for r in rules]
+        self._per_window = per_window
+        self.branches: Sequence[str] = [f"alarms/{r.name}" for r in rules]
 
-    def setup(self) -> None:
-        self._selectors = [_Selector(r) for r in self._rules]
-        self._late = {r.name: Late(f"alarms/{r.name}") for r in self._rules}
-
-    def start_bundle(self) -> None:
-        self._parts: dict[tuple, Acc] = {}
-
-    def process(self, batch: EventBatch) -> Iterator[Any]:
-        parts = self._parts
+    def fold(self, batch: EventBatch, parts: dict[tuple, Acc], late_of: dict[str, Late]) -> None:
         for selector in self._selectors:
             rule = selector.rule
             size, period = rule.size_s * 1000, rule.period_s * 1000
@@ -178,23 +183,15 @@ class _PartialsDoFn(beam.DoFn):
                         continue
                     slot = (rule.name, key, start)
                     acc = parts.get(slot, EMPTY)
-                    sample = decode_raw(event.raw) if len(acc[4]) < rule.samples else None
+                    sample = decode_raw(event.raw) if len(acc.samples) < rule.samples else None
                     parts[slot] = add(acc, value, sample, rule)
-            self._late[rule.name].add(late)
-        if len(parts) >= self._max_slots:
-            yield from self._emit()
+            late_of[f"alarms/{rule.name}"].add(late)
 
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        for late in self._late.values():
-            late.flush()
-        yield from self._emit()
-
-    def _emit(self) -> Iterator[WindowedValue]:
+    def emit(self, parts: dict[tuple, Acc]) -> Iterator[tuple[tuple, Any, float]]:
         """One element per (rule, key) with all its windows: Beam pays per element, so not one per window."""
-        parts, self._parts = self._parts, {}
         if self._per_window:
             for slot, acc in parts.items():
-                yield WindowedValue((slot, acc), slot[2] / 1000, (window.GlobalWindow(),))
+                yield slot, acc, slot[2] / 1000
             return
         per_key: dict[tuple, Windows] = {}
         for (name, key, start), acc in parts.items():
@@ -203,7 +200,11 @@ class _PartialsDoFn(beam.DoFn):
                 windows = per_key[(name, key)] = Windows()
             windows[start] = acc
         for slot, windows in per_key.items():
-            yield WindowedValue((slot, windows), min(windows) / 1000, (window.GlobalWindow(),))
+            yield slot, windows, min(windows) / 1000
+
+
+def partials(rules: list[RuleSpec], per_window: bool = False) -> PartialsDoFn:
+    return PartialsDoFn(lambda: AlarmFolder(rules, per_window), 200_000)
 
 
 def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
@@ -228,21 +229,17 @@ def evaluate(rule: RuleSpec, key: tuple, windows: Iterable[tuple[int, Acc]],
             continue
         last_fired = start
         yield {
-            "_id": fingerprint(f"alarm\0{rule.name}\0{key}\0{start}"),
+            "_id": result_id("alarm", rule.name, key, start),
             "rule": rule.name,
             "key": dict(zip(rule.group_by, key, strict=True)),
-            "window": {"start": _iso(start), "end": _iso(start + size)},
+            "window": {"start": iso_ms(start), "end": iso_ms(start + size)},
             "_t": start + size,
             "aggregate": rule.aggregate if rule.field is None else f"{rule.aggregate}({rule.field})",
             "value": value,
             **detail,
             "severity": rule.severity,
-            "samples": list(acc[4]),
+            "samples": list(acc.samples),
         }
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 class _MergeFn(beam.CombineFn):
@@ -279,7 +276,7 @@ class _MergeFn(beam.CombineFn):
 def _alarms(rules: dict[str, RuleSpec], item: tuple[tuple, dict[int, Acc]]) -> Iterator[dict[str, Any]]:
     (name, key), windows = item
     rule = rules[name]
-    yield from evaluate(rule, key, ((s, (*a[:4], a[4][: rule.samples])) for s, a in windows.items()))
+    yield from evaluate(rule, key, ((s, a._replace(samples=a.samples[: rule.samples])) for s, a in windows.items()))
 
 
 @dataclass
@@ -394,7 +391,7 @@ class Alarms(beam.PTransform):
         if batches.is_bounded:
             return (
                 batches
-                | "Windows" >> beam.ParDo(_PartialsDoFn(self._rules)).with_output_types(tuple[tuple, Windows])
+                | "Windows" >> beam.ParDo(partials(self._rules)).with_output_types(tuple[tuple, Windows])
                 | "PerRuleAndKey" >> beam.CombinePerKey(_MergeFn(self._rules))
                 | "Evaluate" >> beam.FlatMap(functools.partial(_alarms, by_name))
             )
@@ -402,7 +399,7 @@ class Alarms(beam.PTransform):
         lateness = max(r.lateness_s for r in self._rules)
         return (
             batches
-            | "WindowPartials" >> beam.ParDo(_PartialsDoFn(self._rules, per_window=True)).with_output_types(
+            | "WindowPartials" >> beam.ParDo(partials(self._rules, per_window=True)).with_output_types(
                 tuple[tuple, Any])
             | "SlidingWindows" >> converging(SlotWindows(lambda slot: (slot[2], slot[2] + sizes[slot[0]])),
                                              lateness, EARLY_S)

@@ -19,6 +19,7 @@ import orjson
 from apache_beam.metrics import Metrics
 
 from transforms.event import DeadLetter, Event, EventBatch, LineBatch, decode_raw, tune_gc
+from transforms.tags import DEADLETTER
 
 MS_THRESHOLD = 1283931748344  # above: milliseconds (dpipe als/line.go)
 MIN_SECONDS = 1262275200  # below: invalid (2010-01-01, as in the original)
@@ -39,7 +40,6 @@ TOO_NEW = "timestamp in the future"
 UNKNOWN_CATEGORY = "category unknown"
 LINE_TOO_LONG = "line too long"
 
-DEADLETTER = "deadletter"
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 

@@ -17,8 +17,8 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.metrics import Metrics
 
-from transforms.counters import reader, text_of
 from transforms.event import EventBatch
+from transforms.fields import flat_name, reader, text_of
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,6 @@ class BehaviourSpec:
     action_field: str | None = None
     action: str | None = None
     dimensions: tuple[str, ...] = ()
-
-
-def column_name(path: str) -> str:
-    return path.replace(".", "_")
 
 
 @dataclass(slots=True)
@@ -112,7 +108,7 @@ def row_maker(spec: BehaviourSpec) -> Callable[..., BehaviourRow | None]:
     """The pure per-event function: Event -> BehaviourRow, or None without a user or an action."""
     get_user = reader(spec.user_field)
     get_action = reader(spec.action_field) if spec.action_field else None
-    dims = [(column_name(d), reader(d)) for d in spec.dimensions]
+    dims = [(flat_name(d), reader(d)) for d in spec.dimensions]
     fixed = spec.action
 
     def make(event) -> BehaviourRow | None:

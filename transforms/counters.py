@@ -11,22 +11,35 @@ for n <= 2 and raced inject against flush; none of that is kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.decorate import IndexNamer, compile_getter, fingerprint
-from transforms.event import MISSING, Event, EventBatch
+from transforms.decorate import IndexNamer
+from transforms.event import Event, EventBatch
+from transforms.fields import key_reader, reader
+from transforms.keys import result_id
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, Late, SlotWindows, converging, cutoff
+from transforms.partials import PartialsDoFn
+from transforms.times import iso_ms
 
-# accumulator: (count of events, count of values, sum, mean, m2, min, max)
-Acc = tuple[int, int, float, float, float, float, float]
-EMPTY: Acc = (0, 0, 0.0, 0.0, 0.0, math.inf, -math.inf)
+
+class Acc(NamedTuple):
+    """A counter's partial: events counted, and Welford's running stats of the numeric values among them."""
+
+    events: int
+    n: int
+    total: float
+    mean: float
+    m2: float
+    lo: float
+    hi: float
+
+
+EMPTY = Acc(0, 0, 0.0, 0.0, 0.0, math.inf, -math.inf)
 Parts = dict[tuple[str | None, int], Acc]  # (key, interval start ms) -> partial
 
 
@@ -34,24 +47,24 @@ def add(acc: Acc, value: Any) -> Acc:
     """Count one event, and its value when it is a number (Welford's update)."""
     events, n, total, mean, m2, lo, hi = acc
     if type(value) not in (int, float):
-        return events + 1, n, total, mean, m2, lo, hi
+        return acc._replace(events=events + 1)
     n += 1
     delta = value - mean
     mean += delta / n
-    return events + 1, n, total + value, mean, m2 + delta * (value - mean), min(lo, value), max(hi, value)
+    return Acc(events + 1, n, total + value, mean, m2 + delta * (value - mean), min(lo, value), max(hi, value))
 
 
 def merge(a: Acc, b: Acc) -> Acc:
     """Combine two partial accumulators (Chan et al.'s parallel variance)."""
-    if not b[1]:
-        return (a[0] + b[0], *a[1:])
-    if not a[1]:
-        return (a[0] + b[0], *b[1:])
-    n = a[1] + b[1]
-    delta = b[3] - a[3]
-    mean = a[3] + delta * b[1] / n
-    m2 = a[4] + b[4] + delta * delta * a[1] * b[1] / n
-    return a[0] + b[0], n, a[2] + b[2], mean, m2, min(a[5], b[5]), max(a[6], b[6])
+    if not b.n:
+        return a._replace(events=a.events + b.events)
+    if not a.n:
+        return b._replace(events=a.events + b.events)
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    mean = a.mean + delta * b.n / n
+    m2 = a.m2 + b.m2 + delta * delta * a.n * b.n / n
+    return Acc(a.events + b.events, n, a.total + b.total, mean, m2, min(a.lo, b.lo), max(a.hi, b.hi))
 
 
 @dataclass(frozen=True)
@@ -61,40 +74,6 @@ class CounterSpec:
     field: str | None = None
     by: str | None = None
     lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
-
-
-def reader(dotted: str) -> Callable[[Event], Any]:
-    """Read a key from an event: `area` and `category`, a decoration (`_usd`), or a payload path."""
-    if dotted in ("area", "category"):
-        return lambda event: getattr(event, dotted)
-    get = compile_getter(dotted)
-
-    def read(event: Event) -> Any:
-        if event.decor and dotted in event.decor:
-            return event.decor[dotted]
-        return get(event.fields)
-
-    return read
-
-
-def key_reader(by: str | None) -> Callable[[Event], str | None]:
-    """The grouping key of an event as text (None without `by`, or when the event lacks it)."""
-    if by is None:
-        return lambda event: None
-    get = reader(by)
-
-    def key(event: Event) -> str | None:
-        k = get(event)
-        return None if k is MISSING or k is None else str(k)
-
-    return key
-
-
-def text_of(value: Any) -> str | None:
-    """A scalar as text for counting distinct or frequent values (1 and "1" are one value); else None."""
-    if value is MISSING or value is None or isinstance(value, dict | list):
-        return None
-    return value if type(value) is str else str(value)
 
 
 def pre_aggregate(batch: EventBatch, spec: CounterSpec, get_value: Callable[[Event], Any] | None,
@@ -117,6 +96,22 @@ def pre_aggregate(batch: EventBatch, spec: CounterSpec, get_value: Callable[[Eve
     return parts, late
 
 
+class CounterFolder:
+    """The counter's per-bundle fold (transforms/partials.py): one accumulator per (key, interval)."""
+
+    def __init__(self, spec: CounterSpec) -> None:
+        self.spec = spec
+        self.branches: Sequence[str] = (f"counters/{spec.name}",)
+        self._value = reader(spec.field) if spec.field else None
+        self._key = key_reader(spec.by)
+
+    def fold(self, batch: EventBatch, parts: Parts, late: dict[str, Late]) -> None:
+        late[self.branches[0]].add(pre_aggregate(batch, self.spec, self._value, self._key, parts)[1])
+
+    def emit(self, parts: Parts) -> Iterable[tuple[Any, Acc, float]]:
+        return ((slot, acc, slot[1] / 1000) for slot, acc in parts.items())
+
+
 def interval_bounds(width_ms: int) -> Callable[[tuple[str | None, int]], tuple[int, int]]:
     """A (key, interval start) slot's event-time window."""
     def bounds(slot: tuple[str | None, int]) -> tuple[int, int]:
@@ -128,13 +123,12 @@ def interval_bounds(width_ms: int) -> Callable[[tuple[str | None, int]], tuple[i
 def counter_document(spec: CounterSpec, key: str | None, start_ms: int, acc: Acc, namer: IndexNamer) -> dict:
     """The one document of an interval; `_id` is the same for the same counter, key and interval."""
     events, n, total, mean, m2, lo, hi = acc
-    start = datetime.fromtimestamp(start_ms / 1000, UTC)
     doc: dict[str, Any] = {
-        "_id": fingerprint(f"counter\0{spec.name}\0{key}\0{start_ms}"),
+        "_id": result_id("counter", spec.name, key, start_ms),
         "_index": namer(start_ms),
         "counter": spec.name,
         "key": key,
-        "start": start.isoformat().replace("+00:00", "Z"),
+        "start": iso_ms(start_ms),
         "_t": start_ms,
         "interval_s": spec.interval_s,
         "count": events,
@@ -146,36 +140,6 @@ def counter_document(spec: CounterSpec, key: str | None, start_ms: int, acc: Acc
             "stddev": math.sqrt(m2 / (n - 1)) if n > 1 else (0.0 if n else None),  # sample stddev
         })
     return doc
-
-
-class _PartialsDoFn(beam.DoFn):
-    """Pre-aggregates a whole bundle (not just a batch): one partial per (key, interval) leaves the bundle,
-    or earlier when `max_slots` are held, so memory stays bounded by keys x intervals."""
-
-    def __init__(self, spec: CounterSpec, max_slots: int = 100_000) -> None:
-        self._spec, self._max_slots = spec, max_slots
-
-    def setup(self) -> None:
-        self._value = reader(self._spec.field) if self._spec.field else None
-        self._key = key_reader(self._spec.by)
-        self._late = Late(f"counters/{self._spec.name}")
-
-    def start_bundle(self) -> None:
-        self._parts: dict[tuple[str | None, int], Acc] = {}
-
-    def process(self, batch: EventBatch) -> Iterator[Any]:
-        self._late.add(pre_aggregate(batch, self._spec, self._value, self._key, self._parts)[1])
-        if len(self._parts) >= self._max_slots:
-            yield from self._emit()
-
-    def finish_bundle(self) -> Iterator[Any]:
-        self._late.flush()
-        yield from self._emit()
-
-    def _emit(self) -> Iterator[WindowedValue]:
-        parts, self._parts = self._parts, {}
-        for (key, start), acc in parts.items():
-            yield WindowedValue(((key, start), acc), start / 1000, (window.GlobalWindow(),))
 
 
 class _MergeFn(beam.CombineFn):
@@ -204,7 +168,7 @@ class BufferedCounter(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         spec, namer = self._spec, self._namer
-        partials = batches | "PreAggregate" >> beam.ParDo(_PartialsDoFn(spec))
+        partials = batches | "PreAggregate" >> beam.ParDo(PartialsDoFn(lambda: CounterFolder(spec), 100_000))
         if not batches.is_bounded:
             # The interval is in the key, so a bounded run needs no windows (and the local runner's windowed
             # GroupByKey costs ~0.4 ms per key); an unbounded one windows by interval to fire at the watermark

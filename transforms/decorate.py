@@ -1,31 +1,16 @@
-"""Decoration (the original's EsFilter, done right): pure per-event ops and the Decorate PTransform.
+"""Decoration (the original's EsFilter, done right): the rule engine and the Decorate PTransform.
 
-Ops, each configured with dotted keys (`_log_info.level`):
-- `geoip`: `_cntry` and, where the DB has them, `_city`, `_lat`, `_lon`; private, reserved and malformed
-  addresses get nothing but a counter. The first key present wins (the original let the last one win).
-- `range`: `<key>_rg` = the label `lo-hi` of the half-open bucket `[lo, hi)` holding the value.
-- `money`: `_usd` from an amount in minor units and a currency, or a `_usd_err` tag; never a drop.
-- `normalize`: `<key>_norm` with every configured pattern replaced by `?`, in order (the original kept only
-  the last normaliser's result), and `<key>_fp`, a stable fingerprint of it for grouping alarms.
-- `del`: deep delete of dotted paths; it copies the path it walks, so a nested object shared with another
-  branch is never changed (the original's shallow clone leaked deletes into other outputs).
-Always: the index name (`@ym`, `@yw`, `@ymd`, UTC, custom prefixes such as `rs@ym`) and a deterministic
-document id. Decorations of dotted keys are top-level names with `_` for `.` (`_log_info_level_rg`); the
-original created literal dotted top-level keys.
+A rule applies ops (`transforms/decoration/`, one per module, registered in `OPS`) to the events its
+matcher selects. Always: the index name (`@ym`, `@yw`, `@ymd`, UTC, custom prefixes such as `rs@ym`) and a
+deterministic document id (transforms/keys.py). Decorations of dotted keys are top-level names with `_` for
+`.` (`_log_info_level_rg`); the original created literal dotted top-level keys.
 
 An op that cannot apply raises OpError: the event goes to the dead letters with the op's name and reason.
 """
 
 from __future__ import annotations
 
-import base64
-import bisect
-import hashlib
-import itertools
-import posixpath
-import re
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,249 +19,10 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms.event import MISSING, DeadLetter, Event, EventBatch, decode_raw, delete_path, get_path, tune_gc
-from transforms.geoip import GeoDb
-
-Path = tuple[str, ...]
-COUNTS = "counts"
-
-
-class OpError(Exception):
-    """An op cannot apply to an event: `reason` (e.g. "range: level is not a number") is the dead letter's
-    error, `detail` says what was found."""
-
-    def __init__(self, reason: str, detail: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
-
-
-def compile_path(dotted: str) -> Path:
-    return tuple(dotted.split("."))
-
-
-Getter = Callable[[dict[str, Any]], Any]
-
-
-def compile_getter(dotted: str) -> Getter:
-    """A reader of one dotted key: the same as `get_path`, unrolled for the common one and two parts (this
-    is the hottest call of decoration)."""
-    path = compile_path(dotted)
-    if len(path) == 1:
-        (key,) = path
-        return lambda fields: fields.get(key, MISSING)
-    if len(path) == 2:
-        outer, inner = path
-
-        def get2(fields: dict[str, Any]) -> Any:
-            node = fields.get(outer)
-            return node.get(inner, MISSING) if type(node) is dict else MISSING
-
-        return get2
-    return lambda fields: get_path(fields, path)
-
-
-def flat_name(dotted: str) -> str:
-    return dotted.replace(".", "_")
-
-
-def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)
-
-
-# -- ops ----------------------------------------------------------------------------------------------------
-
-
-class Op:
-    """One decoration. `apply` changes the event in place (the decoration stage owns it), or raises OpError."""
-
-    name = "op"
-
-    def apply(self, event: Event, counts: dict[str, int]) -> None:
-        raise NotImplementedError
-
-    def columns(self) -> list[tuple[str, pa.DataType]]:
-        """The decorations it may set, with their archive column types."""
-        return []
-
-
-class GeoIpOp(Op):
-    name = "geoip"
-
-    def __init__(self, keys: Sequence[str], db: str, fields: Sequence[str] = ("country", "city", "location"),
-                 max_db_age_s: float | None = None, check_seconds: float = 60.0) -> None:
-        self.getters = [compile_getter(k) for k in keys]
-        self.db_path, self.check_seconds = db, check_seconds
-        self.want_city, self.want_location = "city" in fields, "location" in fields
-        self.max_db_age_s = max_db_age_s
-        self._db: GeoDb | None = None
-        self._stale_at = -1.0
-        self._stale = False
-
-    @property
-    def db(self) -> GeoDb:
-        if self._db is None:  # opened lazily: once per worker process, not when the pipeline is built
-            self._db = GeoDb.shared(self.db_path, self.check_seconds)
-        return self._db
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_db": None}
-
-    def is_stale(self) -> bool:
-        """The DB is older than `max_db_age` (checked against the wall clock at most once a minute)."""
-        if self.max_db_age_s is None:
-            return False
-        now = time.monotonic()
-        if now - self._stale_at >= 60:
-            self._stale_at = now
-            self._stale = time.time() - self.db.build_epoch > self.max_db_age_s
-        return self._stale
-
-    def apply(self, event: Event, counts: dict[str, int]) -> None:
-        for get in self.getters:
-            ip = get(event.fields)
-            if ip is MISSING or ip is None:
-                continue
-            geo = self.db.lookup(ip) if type(ip) is str else "malformed"
-            if isinstance(geo, str):
-                counts[f"geoip_{geo}"] = counts.get(f"geoip_{geo}", 0) + 1
-                return
-            country, city, lat, lon = geo
-            decor = decorations(event)
-            decor["_cntry"] = country
-            if self.want_city and city is not None:
-                decor["_city"] = city
-            if self.want_location and lat is not None:
-                decor["_lat"], decor["_lon"] = lat, lon
-            if self.is_stale():
-                decor.setdefault("_tags", []).append("geoip_db_stale")
-            return
-
-    def columns(self) -> list[tuple[str, pa.DataType]]:
-        cols = [("_cntry", pa.string())]
-        if self.want_city:
-            cols.append(("_city", pa.string()))
-        if self.want_location:
-            cols += [("_lat", pa.float64()), ("_lon", pa.float64())]
-        if self.max_db_age_s is not None:
-            cols.append(("_tags", pa.list_(pa.string())))
-        return cols
-
-
-class RangeOp(Op):
-    name = "range"
-
-    def __init__(self, keys: Sequence[str], bounds: Sequence[float]) -> None:
-        self.keys = [(k, compile_getter(k), flat_name(k) + "_rg") for k in keys]
-        self.bounds = list(bounds)
-        self.labels = [f"{_num(lo)}-{_num(hi)}" for lo, hi in itertools.pairwise(self.bounds)]
-
-    def label(self, value: float) -> str | None:
-        i = bisect.bisect_right(self.bounds, value)
-        return self.labels[i - 1] if 0 < i < len(self.bounds) else None
-
-    def apply(self, event: Event, counts: dict[str, int]) -> None:
-        for key, get, out in self.keys:
-            value = get(event.fields)
-            if value is MISSING or value is None:
-                continue
-            if not _is_number(value):
-                raise OpError(f"range: {key} is not a number", f"got {type(value).__name__}: {value!r:.80}")
-            label = self.label(value)
-            if label is not None:
-                decorations(event)[out] = label
-
-    def columns(self) -> list[tuple[str, pa.DataType]]:
-        return [(out, pa.string()) for _, _, out in self.keys]
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-class MoneyOp(Op):
-    """`_usd` = amount / 10**exponent(currency) * rate(currency): USD, from an amount in minor units."""
-
-    name = "money"
-
-    def __init__(self, amount: str, currency: str, rates: dict[str, float], exponents: dict[str, int]) -> None:
-        self.amount_key, self.get_amount = amount, compile_getter(amount)
-        self.get_currency = compile_getter(currency)
-        self.factor = {c: r / 10 ** exponents.get(c, 2) for c, r in rates.items()}
-
-    def apply(self, event: Event, counts: dict[str, int]) -> None:
-        amount = self.get_amount(event.fields)
-        if amount is MISSING or amount is None:
-            return
-        if not _is_number(amount):
-            raise OpError(f"money: {self.amount_key} is not a number", f"got {type(amount).__name__}: {amount!r:.80}")
-        currency = self.get_currency(event.fields)
-        if currency is MISSING or currency is None:
-            decorations(event)["_usd_err"] = "currency missing"
-            return
-        factor = self.factor.get(currency) if type(currency) is str else None
-        if factor is None:
-            decorations(event)["_usd_err"] = f"currency unknown: {currency}"
-            return
-        decorations(event)["_usd"] = round(amount * factor, 6)
-
-    def columns(self) -> list[tuple[str, pa.DataType]]:
-        return [("_usd", pa.float64()), ("_usd_err", pa.string())]
-
-
-BUILTIN_PATTERNS = {
-    "batch_token": r"pre: .*; current: .*",
-    "uuid": r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",
-    "ip": r"\b\d{1,3}(?:\.\d{1,3}){3}\b",
-    "hex": r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b",
-    "digit": r"\d+",
-}
-
-
-class NormalizeOp(Op):
-    name = "normalize"
-
-    def __init__(self, keys: Sequence[str], patterns: Sequence[str]) -> None:
-        self.keys = [(k, compile_getter(k), flat_name(k)) for k in keys]
-        self.patterns = [re.compile(p) for p in patterns]
-
-    def normalize(self, text: str) -> str:
-        for pattern in self.patterns:
-            text = pattern.sub("?", text)
-        return text
-
-    def apply(self, event: Event, counts: dict[str, int]) -> None:
-        for key, get, flat in self.keys:
-            value = get(event.fields)
-            if value is MISSING or value is None:
-                continue
-            if type(value) is not str:
-                if not _is_number(value):
-                    raise OpError(f"normalize: {key} is not text", f"got {type(value).__name__}: {value!r:.80}")
-                value = str(value)
-            norm = self.normalize(value)
-            decorations(event)[flat + "_norm"] = norm
-            decorations(event)[flat + "_fp"] = fingerprint(norm)
-
-    def columns(self) -> list[tuple[str, pa.DataType]]:
-        return [c for *_, flat in self.keys for c in ((flat + "_norm", pa.string()), (flat + "_fp", pa.string()))]
-
-
-def fingerprint(text: str) -> str:
-    """A stable 16-hex-digit fingerprint (the same on every worker and run, unlike hash())."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
-
-
-class DelOp(Op):
-    name = "del"
-
-    def __init__(self, keys: Sequence[str]) -> None:
-        self.keys = [compile_path(k) for k in keys]
-
-    def apply(self, event: Event, counts: dict[str, int]) -> None:
-        for path in self.keys:
-            if delete_path(event.fields, path):
-                event.payload = None  # the archive re-serialises the changed fields
-
+from transforms.decoration import Op, OpError
+from transforms.event import DeadLetter, Event, EventBatch, decode_raw, tune_gc
+from transforms.keys import doc_id, doc_ids
+from transforms.tags import COUNTS, DEADLETTER
 
 # -- always: index name and document id -------------------------------------------------------------------
 
@@ -309,35 +55,6 @@ class IndexNamer:
         return name
 
 
-def source_key(source: str) -> bytes:
-    """The part of a line's source that its id hashes: the file name, not the folder or filesystem, so the
-    same archive read from local disk, S3 or HDFS (or moved between them) gives the same ids."""
-    return posixpath.basename(source.rstrip("/")).encode("utf-8", "surrogateescape")
-
-
-def doc_id(source: str | bytes, offset: int, raw: bytes) -> str:
-    """Deterministic id of a line: the same line from the same file and offset always gets the same id
-    (replays and retries overwrite instead of duplicating); 128 bits, URL-safe base64. `source` is a path
-    (its `source_key` is hashed) or an already computed key."""
-    key = source_key(source) if isinstance(source, str) else source
-    digest = hashlib.blake2b(b"%s\0%d\0%s" % (key, offset, raw), digest_size=16).digest()
-    return base64.urlsafe_b64encode(digest)[:22].decode("ascii")
-
-
-def doc_ids(source: str | bytes, offsets: Sequence[int], raws: Sequence[bytes]) -> list[str]:
-    """`doc_id` of many lines of one source at once (the same ids: tests compare the two): one base64
-    encoding for the batch instead of one per line. A 16-byte digest padded to 18 bytes encodes to 24
-    characters whose first 22 are the digest's own."""
-    if not raws:
-        return []
-    prefix = (source_key(source) if isinstance(source, str) else source) + b"\0"
-    blake2b = hashlib.blake2b
-    digests = b"\0\0".join([blake2b(b"%s%d\0%s" % (prefix, offset, raw), digest_size=16).digest()
-                            for offset, raw in zip(offsets, raws, strict=True)])
-    text = base64.urlsafe_b64encode(digests + b"\0\0").decode("ascii")
-    return [text[i:i + 22] for i in range(0, len(text), 24)]
-
-
 # -- rules and the transform --------------------------------------------------------------------------------
 
 
@@ -356,13 +73,6 @@ def rule_columns(rules: Sequence[Rule]) -> list[tuple[str, pa.DataType]]:
             for name, typ in op.columns():
                 seen.setdefault(name, typ)
     return list(seen.items())
-
-
-def decorations(event: Event) -> dict[str, Any]:
-    """The event's decorations, made on first use (most events of a route get none)."""
-    if event.decor is None:
-        event.decor = {}
-    return event.decor
 
 
 def apply_ops(event: Event, ops: Sequence[Op], counts: dict[str, int]) -> DeadLetter | None:
@@ -421,8 +131,7 @@ class _DecorateDoFn(beam.DoFn):
         tune_gc()
         for rule in self._rules:
             for op in rule.ops:
-                if isinstance(op, GeoIpOp):
-                    Metrics.gauge("dpipe.geoip", "db_build_epoch").set(op.db.build_epoch)
+                op.setup()
 
     def process(self, batch: EventBatch) -> Iterator[Any]:
         counts: dict[str, int] = {}
@@ -431,7 +140,7 @@ class _DecorateDoFn(beam.DoFn):
         if events.events:
             yield events
         for letter in dead:
-            yield beam.pvalue.TaggedOutput("deadletter", letter)
+            yield beam.pvalue.TaggedOutput(DEADLETTER, letter)
         if counts:
             for name, n in counts.items():
                 Metrics.counter("dpipe.decorate", name).inc(n)
@@ -447,5 +156,5 @@ class Decorate(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return batches | "Decorate" >> beam.ParDo(self._fn).with_output_types(EventBatch).with_outputs(
-            "deadletter", COUNTS, main="events"
+            DEADLETTER, COUNTS, main="events"
         )

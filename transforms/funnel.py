@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from transforms.behaviour import BehaviourBatch, BehaviourRow, column_name
-from transforms.cardinality import period_start
-from transforms.decorate import fingerprint
+from transforms.behaviour import BehaviourBatch, BehaviourRow
+from transforms.fields import flat_name
+from transforms.keys import result_id
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
+from transforms.times import period_bounds, period_start, utc_day
 
 ORDERS = ("any", "strict")
 Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)
@@ -64,8 +65,8 @@ class FunnelSpec:
         return [i for i, step in enumerate(self.steps) if step.matches(row)]
 
     def slot(self, row: BehaviourRow) -> Slot:
-        day = datetime.fromtimestamp(row.ts / 1000, UTC).date()
-        dims = tuple(row.get(column_name(d)) or "" for d in self.dimensions)
+        day = utc_day(row.ts)
+        dims = tuple(row.get(flat_name(d)) or "" for d in self.dimensions)
         return period_start(day, self.period).isoformat(), dims
 
 
@@ -144,14 +145,8 @@ class FunnelTracker:
 
 
 def period_end_ms(start: str, period: str) -> int:
-    day = date.fromisoformat(start)
-    if period == "day":
-        end = day + timedelta(days=1)
-    elif period == "week":
-        end = day + timedelta(days=7)
-    else:
-        end = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return int(datetime(end.year, end.month, end.day, tzinfo=UTC).timestamp() * 1000)
+    """The end of a UTC calendar period (its first day, ISO) in epoch ms."""
+    return period_bounds(start, period)[1]
 
 
 def user_depths(spec: FunnelSpec, rows: Iterable[BehaviourRow]) -> dict[Slot, int]:
@@ -207,7 +202,7 @@ def result(spec: FunnelSpec, slot: Slot, users: tuple[int, ...]) -> dict[str, An
         steps.append({"step": step.name, "users": n, "conversion": round(n / prev, 4) if prev else 0.0})
     dimensions = dict(zip(spec.dimensions, dims, strict=True))
     return {
-        "_id": fingerprint(f"funnel\0{spec.name}\0{spec.period}\0{start}\0{dims}"),
+        "_id": result_id("funnel", spec.name, spec.period, start, dims),
         "funnel": spec.name, "period": spec.period, "start": start, "dimensions": dimensions, "steps": steps,
         "overall": round(users[-1] / users[0], 4) if users[0] else 0.0,
     }
@@ -234,13 +229,13 @@ def _bounded_changes(spec: FunnelSpec):
 
 def period_window(spec: FunnelSpec, start: str) -> tuple[int, int]:
     """The event time [start, end) a period's attempts live in: the period, and a window after its end."""
-    return period_start_ms(start), period_end_ms(start, spec.period) + spec.window_ms
+    return period_bounds(start, "day")[0], period_end_ms(start, spec.period) + spec.window_ms
 
 
 def periods_of(spec: FunnelSpec, ts_ms: int) -> list[str]:
     """The periods whose attempts a row at `ts_ms` can take part in: its own, and earlier ones still open
     (a row within `window` after a period's end can advance that period's attempts)."""
-    day = datetime.fromtimestamp(ts_ms / 1000, UTC).date()
+    day = utc_day(ts_ms)
     starts = [period_start(day, spec.period)]
     while True:
         before = period_start(starts[-1] - timedelta(days=1), spec.period)
@@ -248,11 +243,6 @@ def periods_of(spec: FunnelSpec, ts_ms: int) -> list[str]:
             break
         starts.append(before)
     return [d.isoformat() for d in starts]
-
-
-def period_start_ms(start: str) -> int:
-    day = date.fromisoformat(start)
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
 def _user_periods(spec: FunnelSpec, late: Late):

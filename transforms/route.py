@@ -20,8 +20,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.decorate import COUNTS, Path, compile_path
-from transforms.event import MISSING, Event, EventBatch, get_path, tune_gc
+from transforms.event import MISSING, Event, EventBatch, tune_gc
+from transforms.fields import Path, reader
+from transforms.tags import COUNTS, route_tag
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -40,16 +41,8 @@ class Condition:
     value: Any = None
 
     def compile(self) -> Callable[[Event], bool]:
-        name, path, op, value = self.field, compile_path(self.field), self.op, self.value
-
-        def read(event: Event) -> Any:
-            if name == "area":
-                return event.area
-            if name == "category":
-                return event.category
-            if event.decor and name in event.decor:
-                return event.decor[name]
-            return get_path(event.fields, path)
+        op, value = self.op, self.value
+        read = reader(self.field)  # the one precedence rule (transforms/fields.py)
 
         if op == "exists":
             return lambda e: read(e) is not MISSING
@@ -117,10 +110,6 @@ class RouteSpec:
     name: str
     matcher: Matcher
     drop: tuple[Path, ...] = ()
-
-
-def route_tag(name: str) -> str:
-    return f"route:{name}"
 
 
 def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str, Any]) -> dict[str, EventBatch]:

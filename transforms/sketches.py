@@ -8,16 +8,16 @@ histograms) and frequent items (top N).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
 import datasketches
 from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.event import Event, EventBatch
 from transforms.lateness import DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
+from transforms.partials import PartialsDoFn
 
 Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
 
@@ -95,22 +95,17 @@ SlotsOf = Callable[[Event], Iterable[tuple[Slot, Any]]]
 Bounds = Callable[[Slot], tuple[int, int]]
 
 
-class _BundleSketchDoFn(beam.DoFn):
-    def __init__(self, branch: str, kind: SketchKind, slots_of: Callable[[], SlotsOf], bounds: Bounds,
-                 lateness_s: float, max_slots: int) -> None:
-        self._branch, self._kind, self._make_slots_of, self._max_slots = branch, kind, slots_of, max_slots
-        self._bounds, self._lateness_ms = bounds, int(lateness_s * 1000)
+class SketchFolder:
+    """A bundle's events as one sketch per slot (transforms/partials.py), emitted serialized."""
 
-    def setup(self) -> None:
-        self._slots_of = self._make_slots_of()  # readers and caches are built on the worker
+    def __init__(self, branch: str, kind: SketchKind, slots_of: SlotsOf, bounds: Bounds, lateness_s: float) -> None:
+        self.branches: Sequence[str] = (branch,)
+        self._kind, self._slots_of, self._bounds = kind, slots_of, bounds
+        self._lateness_ms = int(lateness_s * 1000)
         self._ends: dict[Slot, int] = {}
-        self._late = Late(self._branch)
 
-    def start_bundle(self) -> None:
-        self._sketches: dict[Slot, Any] = {}
-
-    def process(self, batch: EventBatch) -> Iterator[Any]:
-        sketches, kind, slots_of = self._sketches, self._kind, self._slots_of
+    def fold(self, batch: EventBatch, sketches: dict[Slot, Any], late_of: dict[str, Late]) -> None:
+        kind, slots_of, counter = self._kind, self._slots_of, late_of[self.branches[0]]
         closed = cutoff(batch.watermark_ms, self._lateness_ms)
         for event in batch.events:
             late = False
@@ -122,9 +117,7 @@ class _BundleSketchDoFn(beam.DoFn):
                         continue
                     sketch = sketches[slot] = kind.new()
                 kind.update(sketch, value)
-            self._late.add(late)
-        if len(sketches) >= self._max_slots:
-            yield from self._emit()
+            counter.add(late)
 
     def _end(self, slot: Slot) -> int:
         end = self._ends.get(slot)
@@ -134,15 +127,9 @@ class _BundleSketchDoFn(beam.DoFn):
             end = self._ends[slot] = self._bounds(slot)[1]
         return end
 
-    def finish_bundle(self) -> Iterator[Any]:
-        self._late.flush()
-        yield from self._emit()
-
-    def _emit(self) -> Iterator[WindowedValue]:
-        sketches, self._sketches = self._sketches, {}
-        for slot, sketch in sketches.items():
-            start = self._bounds(slot)[0] / 1000  # the element's time: its window's start
-            yield WindowedValue((slot, self._kind.serialize(sketch)), start, (window.GlobalWindow(),))
+    def emit(self, sketches: dict[Slot, Any]) -> Iterator[tuple[Slot, bytes, float]]:
+        for slot, sketch in sketches.items():  # the element's time: its window's start
+            yield slot, self._kind.serialize(sketch), self._bounds(slot)[0] / 1000
 
 
 class _MergeFn(beam.CombineFn):
@@ -181,8 +168,9 @@ class SketchPerSlot(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         kind, result = self._kind, self._result
-        sketches = batches | "Sketch" >> beam.ParDo(_BundleSketchDoFn(
-            self.label, kind, self._slots_of, self._bounds, self._lateness_s, self._max_slots))
+        label, make_slots_of, bounds, lateness_s = self.label, self._slots_of, self._bounds, self._lateness_s
+        sketches = batches | "Sketch" >> beam.ParDo(PartialsDoFn(
+            lambda: SketchFolder(label, kind, make_slots_of(), bounds, lateness_s), self._max_slots))
         if not batches.is_bounded:
             sketches = sketches | "Windows" >> converging(SlotWindows(self._bounds), self._lateness_s, self._refresh)
         results = (

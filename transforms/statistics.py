@@ -6,19 +6,18 @@ with bounded memory: sketches, not lists of values).
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import datasketches
 
-from transforms.counters import key_reader, reader, text_of
-from transforms.decorate import fingerprint
 from transforms.event import Event
+from transforms.fields import key_reader, number_text, range_labels, reader, text_of
+from transforms.keys import result_id
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S
 from transforms.sketches import Frequent, Kll, SketchPerSlot
+from transforms.times import iso_ms
 
 
 @dataclass(frozen=True)
@@ -59,19 +58,15 @@ def slots_of(spec: StatsSpec) -> Callable[[Event], Iterator[tuple[tuple, Any]]]:
 
 
 def histogram_labels(bounds: tuple[float, ...]) -> list[str]:
-    def num(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else str(x)
-
-    inner = [f"{num(lo)}-{num(hi)}" for lo, hi in itertools.pairwise(bounds)]
-    return [f"<{num(bounds[0])}", *inner, f">={num(bounds[-1])}"]
+    return [f"<{number_text(bounds[0])}", *range_labels(bounds), f">={number_text(bounds[-1])}"]
 
 
 def result(spec: StatsSpec, slot: tuple, sketch: Any, blob: bytes) -> dict[str, Any]:
     key, start_ms = slot
     doc: dict[str, Any] = {
-        "_id": fingerprint(f"stats\0{spec.name}\0{key}\0{start_ms}"),
+        "_id": result_id("stats", spec.name, key, start_ms),
         "stat": spec.name, "field": spec.field, "key": key,
-        "start": datetime.fromtimestamp(start_ms / 1000, UTC).isoformat().replace("+00:00", "Z"),
+        "start": iso_ms(start_ms),
         "_t": start_ms, "window_s": spec.window_s,
     }
     if spec.top is not None:
