@@ -243,7 +243,8 @@ class Issues(beam.PTransform):
         if not batches.is_bounded:  # one global window: a pane every second while lines arrive
             partials = partials | "Panes" >> converging(window.GlobalWindows(), 0, 1)
         issues = partials | "Combine" >> beam.CombinePerKey(_MergeFn(conf))
-        rows = issues | "Row" >> beam.MapTuple(lambda fp, acc: (fp, (issue_row(conf, namer, fp, acc), acc)))
+        rows = issues | "Row" >> beam.MapTuple(  # str keys: a deterministic coder for the keyed state below
+            lambda fp, acc: (fp, (issue_row(conf, namer, fp, acc), acc))).with_output_types(tuple[str, Any])
         if self._notifiers is not None:
             _ = (rows
                  | "Rewindow" >> beam.WindowInto(window.GlobalWindows())
