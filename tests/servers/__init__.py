@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: frozenset[int] = frozenset()) -> int:
+    """A port nobody listens on right now (the OS picks it), none of `avoid` (ports taken by the same server)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
 
 
 class LocalServer:

@@ -23,7 +23,6 @@ import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -31,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.servers import jvm
+from tests.servers import free_port, jvm
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "hdfs" / "pom.xml"
@@ -83,16 +82,6 @@ def build_classpath(cache_dir: Path, pom: Path = POM, mvn: str | None = None, ti
 def find_java() -> str | None:
     """$DPIPE_HDFS_JAVA_HOME, then $JAVA_HOME, then PATH. Hadoop 3.4 runs on Java 17 (the default here)."""
     return jvm.find_java("DPIPE_HDFS_JAVA_HOME")
-
-
-def _free_port(avoid: set[int] = frozenset()) -> int:  # type: ignore[assignment]
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            return port
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 class HdfsServer:
@@ -197,8 +186,8 @@ class HdfsServer:
 
     def _launch(self, java: str, attempt: int) -> None:
         assert self.workdir is not None and self.classpath is not None
-        self.rpc_port = _free_port()
-        self.http_port = _free_port({self.rpc_port})
+        self.rpc_port = free_port()
+        self.http_port = free_port(frozenset({self.rpc_port}))
         run = self.workdir / (f"run{attempt}" if attempt else ".")
         tmp = run / "tmp"
         dfs = run / "dfs"

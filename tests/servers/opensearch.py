@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.servers import jvm
+from tests.servers import free_port, jvm
 
 POM = Path(__file__).resolve().parent / "opensearch" / "pom.xml"
 RUNNER_MAIN = "org.codelibs.opensearch.runner.OpenSearchRunner"
@@ -173,10 +173,7 @@ def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 def _free_port(capped: bool) -> int:
     if not capped:
         for _ in range(20):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if _port_is_free(port):
+            if _port_is_free(port := free_port()):
                 return port
     ports = list(range(9201, RUNNER_MAX_HTTP_PORT + 1))
     random.shuffle(ports)  # parallel test workers rarely race for the same port
