@@ -309,11 +309,15 @@ class FileSystemsStore(SpoolStore):
             return read_lines_from(f, start, max_bytes)
 
     def size(self, segment: Segment) -> int:
+        return self.size_of(segment.path.as_posix())
+
+    def size_of(self, name: str) -> int:
+        """FileNotFoundError when there is no such file."""
         try:
-            return int(self._fs.size(self.url(segment.path.as_posix())))
+            return int(self._fs.size(self.url(name)))
         except Exception:
-            if not self._fs.exists(self.url(segment.path.as_posix())):
-                raise FileNotFoundError(self.where(segment)) from None
+            if not self._fs.exists(self.url(name)):
+                raise FileNotFoundError(self.url(name)) from None
             raise
 
     def sealed(self, segment: Segment) -> Segment | None:

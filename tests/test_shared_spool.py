@@ -4,7 +4,8 @@ reads a spool at a URL and deletes its segments only in finalize."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.gateway.spool import SEGMENTS
+from connectors.spool_ship import Shipper
 from connectors.spool_source import SpoolSource
-from connectors.spool_store import SpoolStore, open_store
+from connectors.spool_store import PARTIAL, FileSystemsStore, SpoolStore, open_store
 from tests.servers.s3 import S3Server
-from tests.test_spool_source import als, drain
+from tests.test_spool_source import als, drain, write_segment
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +90,39 @@ def test_the_reader_reads_a_spool_at_a_url_and_deletes_only_in_finalize(spool: s
     reader.close()
     again = SpoolSource(spool, batch_lines=2).create_reader(None, mark)
     assert not drain(again, started=False), "nothing is read twice"
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll for what is observed (a deadline, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_the_shipper_retries_keeps_the_local_copy_until_shipped_and_never_lists_a_partial(
+        s3: S3Server, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    sealed = write_segment(spool, 0, "pv", [als(1_700_000_000, i) for i in range(3)])
+    write_segment(spool, 1, "pv", [als(1_700_000_001, 3)], sealed=False)  # open: never shipped
+    shipper = Shipper(spool, "s3://notyet/spool", backoff_s=0.05, max_backoff_s=0.2)  # no such bucket: fails
+    shipper.start()
+    try:
+        wait_for("a failed upload", lambda: shipper.stats()["ship_failures_total"] >= 1)
+        assert sealed.exists() and shipper.stats()["ship_backlog"] == 1, "kept until shipped"
+        s3.make_bucket("notyet")
+        wait_for("the segment shipped", lambda: shipper.stats()["ship_segments_total"] == 1)
+        wait_for("the local copy deleted", lambda: not sealed.exists())
+    finally:
+        shipper.stop()
+    store = FileSystemsStore("s3://notyet/spool")
+    assert [(s.seq, s.sealed) for s in store.segments()] == [(0, True)], "the open segment stays here"
+    assert store.list("partial") == [], "the partial upload is removed"
+    assert store.read(f"{SEGMENTS}/{0:016d}.pv.seg") == b"".join(als(1_700_000_000, i) + b"\n" for i in range(3))
+    assert shipper.stats()["ship_bytes_total"] == len(store.read(f"{SEGMENTS}/{0:016d}.pv.seg"))
+
+
+def test_a_partial_upload_is_never_listed(s3: S3Server, tmp_path: Path) -> None:
+    store = FileSystemsStore(f"s3://spool/{tmp_path.name}")
+    store.write(f"{PARTIAL}/{0:016d}.pv.seg", b"a\n")
+    assert store.segments() == []
