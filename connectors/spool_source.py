@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -65,7 +64,8 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from connectors import beam_fixes  # noqa: F401  (installs its guard in every worker that runs this read)
 from connectors.archives import STATS
-from connectors.gateway.spool import NEXT_SEQ, SEALED, Segment, list_segments, read_lines, segment_dir
+from connectors.gateway.spool import NEXT_SEQ, SEGMENTS, Segment
+from connectors.spool_store import Journal, SpoolStore, open_store
 from transforms.als import parse_timestamp
 from transforms.event import BatchCoder, LineBatch
 
@@ -114,65 +114,60 @@ Positions = dict[str, tuple[int | None, int]]
 """category -> (seq of its current segment, None = its first one present; offset of the next line)."""
 
 
-def request_drain(spool_dir: str | Path) -> None:
-    """Ask the spool's reader to stop cleanly (see the module docstring)."""
-    Path(spool_dir).mkdir(parents=True, exist_ok=True)
-    (Path(spool_dir) / DRAIN).touch()
+def _reader_file(name: str) -> str:
+    return f"{READER_DIR}/{name}"
 
 
-def drained(spool_dir: str | Path) -> bool:
+def request_drain(spool: str | Path) -> None:
+    """Ask the spool's reader to stop cleanly (see the module docstring). `spool`: a path or a URL."""
+    open_store(spool).write_atomic(DRAIN, b"")
+
+
+def drained(spool: str | Path) -> bool:
     """Whether the reader has stopped at a recorded position after `request_drain`."""
-    return (Path(spool_dir) / READER_DIR / DRAINED).exists()
+    return open_store(spool).exists(_reader_file(DRAINED))
 
 
-def commit_drain(spool_dir: str | Path) -> None:
+def commit_drain(spool: str | Path) -> None:
     """After the job finished every bundle: the drained position becomes where the next reader starts (every
     window was flushed at the end, so there is nothing to replay)."""
-    folder = Path(spool_dir) / READER_DIR
+    store = open_store(spool)
     with contextlib.suppress(FileNotFoundError):
-        os.replace(folder / DRAINED, folder / POSITIONS)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / REPLAY)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(Path(spool_dir) / DRAIN)
+        store.replace(_reader_file(DRAINED), _reader_file(POSITIONS))
+        store.delete(_reader_file(REPLAY))
+    store.delete(DRAIN)
 
 
-def reset_drain(spool_dir: str | Path) -> None:
+def reset_drain(spool: str | Path) -> None:
     """Before a start: a stop request or drained position left by a run that did not finish cleanly is void."""
-    for path in (Path(spool_dir) / DRAIN, Path(spool_dir) / READER_DIR / DRAINED):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    store = open_store(spool)
+    for name in (DRAIN, _reader_file(DRAINED)):
+        store.delete(name)
 
 
-def _saved_positions(spool_dir: str) -> Positions:
+def _saved(store: SpoolStore, name: str) -> Any:
+    """A reader file's JSON, or None when it is missing or torn."""
     try:
-        saved = orjson.loads((Path(spool_dir) / READER_DIR / POSITIONS).read_bytes())
+        return orjson.loads(store.read(_reader_file(name)))
     except (FileNotFoundError, orjson.JSONDecodeError):
-        return {}
-    return {c: (p[0], p[1]) for c, p in saved.items()}
+        return None
 
 
-def _saved_replay(spool_dir: str) -> tuple[Positions, int | None] | None:
+def _saved_positions(store: SpoolStore) -> Positions:
+    saved = _saved(store, POSITIONS)
+    return {c: (p[0], p[1]) for c, p in saved.items()} if saved else {}
+
+
+def _saved_replay(store: SpoolStore) -> tuple[Positions, int | None] | None:
     """The replay point and watermark a crashed run left (None after a clean stop or on a new spool)."""
-    try:
-        saved = orjson.loads((Path(spool_dir) / READER_DIR / REPLAY).read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+    saved = _saved(store, REPLAY)
+    if saved is None:
         return None
     return {c: (p[0], p[1]) for c, p in saved["from"].items()}, saved["watermark_ms"]
 
 
 _persisted: dict[str, tuple[float, bytes, Positions]] = {}
 """spool dir -> (when, what) `replay.json` was last written by this process, and the replay point it holds."""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
 
 
 @dataclass
@@ -215,31 +210,31 @@ class SpoolMark(CheckpointMark):
         """Record the replay point, then delete the sealed segments before it (before the positions without
         one). Idempotent and cheap (one listing): FnApiRunner calls it in a busy loop, Prism once per bundle.
         Never deletes an `.open` segment."""
-        upto = self.positions if self.replay is None else self._persist()
+        store = open_store(self.spool_dir)
+        upto = self.positions if self.replay is None else self._persist(store)
         seqs = [seq for seq, _ in upto.values() if seq is not None]
         if not seqs:
             return
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            next_seq = int((segment_dir(self.spool_dir) / NEXT_SEQ).read_text())
+        with contextlib.suppress(FileNotFoundError, ValueError):  # at a URL there is none: the gateway keeps it
+            next_seq = int(store.read(f"{SEGMENTS}/{NEXT_SEQ}").decode())
             if next_seq < max(seqs):  # a new spool under the old name: its segments were never read
                 if self.spool_dir not in _warned:
                     _warned.add(self.spool_dir)
                     log.error("spool: %s restarted at seq %d behind the reader's position %d: deleting nothing",
                               self.spool_dir, next_seq, max(seqs))
                 return
-        for segment in list_segments(self.spool_dir):
+        for segment in store.segments():
             at = upto.get(segment.category, (None, 0))[0]
             if at is None or segment.seq >= at:
                 continue
             if segment.sealed:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(segment.path)
-            elif str(segment.path) not in _warned:
-                _warned.add(str(segment.path))
+                store.delete_segment(segment)
+            elif store.where(segment) not in _warned:
+                _warned.add(store.where(segment))
                 log.error("spool: %s is open behind the reader's position (seq %d): its lines are not read",
-                          segment.path, at)
+                          store.where(segment), at)
 
-    def _persist(self) -> Positions:
+    def _persist(self, store: SpoolStore) -> Positions:
         """Write `replay.json` (when its replay point moved, or its watermark PERSIST_SECONDS after the last
         write) and return the replay point on disk: deleting up to it is safe whatever happens next."""
         assert self.replay is not None
@@ -248,7 +243,7 @@ class SpoolMark(CheckpointMark):
         when, last, on_disk = _persisted.get(self.spool_dir, (0.0, b"", {}))
         now = _now()
         if data != last and (self.replay != on_disk or now - when >= PERSIST_SECONDS):
-            _write_atomic(Path(self.spool_dir) / READER_DIR / REPLAY, data)
+            store.write_atomic(_reader_file(REPLAY), data)
             _persisted[self.spool_dir] = (now, data, dict(self.replay))
             return self.replay
         return on_disk
@@ -270,17 +265,15 @@ class _Cuts:
     a batch is handed out (a kill -9 keeps what was written; it is fsynced once per checkpoint); rewritten
     without the segments before the replay point."""
 
-    def __init__(self, spool_dir: str) -> None:
-        self.path = Path(spool_dir) / READER_DIR / CUTS
+    def __init__(self, store: SpoolStore) -> None:
+        self.journal: Journal = store.journal(_reader_file(CUTS))
         self.by_seq: dict[int, dict[int, tuple[int, int | None]]] = {}  # seq -> start -> (end, watermark)
         self.category: dict[int, str] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.path.read_bytes().splitlines():
-                parts = line.split()
-                if len(parts) == 5:  # a line cut short by a crash was never followed by its batch
-                    ms = int(parts[4])
-                    self._add(parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]), None if ms < 0 else ms)
-        self._file: Any = None
+        for line in self.journal.read().splitlines():
+            parts = line.split()
+            if len(parts) == 5:  # a line cut short by a crash was never followed by its batch
+                ms = int(parts[4])
+                self._add(parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]), None if ms < 0 else ms)
 
     def _add(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
         self.by_seq.setdefault(seq, {})[start] = (end, watermark_ms)
@@ -297,10 +290,7 @@ class _Cuts:
         return min((s for s in cuts if s > start), default=None) if cuts else None
 
     def record(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open: one write per batch)
-        self._file.write(self._line(category, seq, start, end, watermark_ms))
+        self.journal.append(self._line(category, seq, start, end, watermark_ms))
         self._add(category, seq, start, end, watermark_ms)
 
     @staticmethod
@@ -308,8 +298,7 @@ class _Cuts:
         return b"%s %d %d %d %d\n" % (category.encode(), seq, start, end, -1 if watermark_ms is None else watermark_ms)
 
     def sync(self) -> None:
-        if self._file is not None:
-            os.fsync(self._file.fileno())
+        self.journal.sync()
 
     def compact(self, replay: Positions) -> None:
         """Forget the segments before their input's replay point (deleted, or about to be), when they are
@@ -322,13 +311,10 @@ class _Cuts:
             del self.by_seq[seq], self.category[seq]
         lines = b"".join(self._line(self.category[seq], seq, start, *cut)
                          for seq in sorted(self.by_seq) for start, cut in sorted(self.by_seq[seq].items()))
-        self.close()
-        _write_atomic(self.path, lines)
+        self.journal.rewrite(lines)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self.journal.close()
 
 
 @dataclass
@@ -360,8 +346,9 @@ class SpoolReader(UnboundedReader):
 
     def __init__(self, source: SpoolSource, mark: SpoolMark | None) -> None:
         self._source = source
+        self._store = open_store(source.spool_dir)
         self._ooo_ms = int(source.max_out_of_order_s * 1000)
-        crashed = None if mark else _saved_replay(source.spool_dir)
+        crashed = None if mark else _saved_replay(self._store)
         if mark:
             positions, watermark, replay_watermark = mark.positions, mark.watermark_ms, mark.replay_watermark_ms
         elif crashed:  # the last run did not stop cleanly: replay what its open windows need (module docstring)
@@ -370,7 +357,7 @@ class SpoolReader(UnboundedReader):
             log.info("spool: the last run did not stop cleanly: reading again from %s under watermark %s",
                      positions, watermark)
         else:
-            positions, watermark, replay_watermark = _saved_positions(source.spool_dir), None, None
+            positions, watermark, replay_watermark = _saved_positions(self._store), None, None
         latest = mark.latest if mark else {}
         self._inputs: dict[str, _Input] = {
             c: _Input(c, seq, offset, latest.get(c)) for c, (seq, offset) in positions.items()}
@@ -380,7 +367,7 @@ class SpoolReader(UnboundedReader):
         self._floor_ms = clocks.floor_ms if clocks else watermark if crashed else None
         self._history: deque[tuple[float, int | None]] = deque(clocks.history if clocks else ())
         self._read: dict[int, _Read] = dict(mark.segments) if mark else {}
-        self._cuts = _Cuts(source.spool_dir)
+        self._cuts = _Cuts(self._store)
         self._warned_budget = False
         self._known: set[int] = set()  # seqs seen in a listing (for GAP_GRACE_S)
         self._last_data = clocks.last_data if clocks else _now()
@@ -544,12 +531,12 @@ class SpoolReader(UnboundedReader):
         assert source.segment is not None
         while source.read_to < end:
             try:
-                lines, to = read_lines(source.segment.path, source.read_to, end - source.read_to)
+                lines, to = self._store.read_lines(source.segment, source.read_to, end - source.read_to)
             except FileNotFoundError:  # renamed .open -> .seg meanwhile
-                sealed = source.segment.path.with_suffix(SEALED)
-                if source.segment.sealed or not sealed.exists():
+                sealed = None if source.segment.sealed else self._store.sealed(source.segment)
+                if sealed is None:
                     return
-                source.segment = Segment(source.segment.seq, source.segment.category, sealed, True)
+                source.segment = sealed
                 continue
             if not lines:
                 return  # cut back by a gateway restart (never acknowledged): the cut ends where the data does
@@ -603,12 +590,12 @@ class SpoolReader(UnboundedReader):
     # -- clean stop --
 
     def _drain_requested(self) -> bool:
-        return os.path.exists(os.path.join(self._source.spool_dir, DRAIN))
+        return self._store.exists(DRAIN)
 
     def _finish_drain(self) -> None:
         """Every batch handed out so far is the last: record the position and end."""
         positions = {c: [seq, offset] for c, (seq, offset) in self._positions().items()}
-        _write_atomic(Path(self._source.spool_dir) / READER_DIR / DRAINED, orjson.dumps(positions))
+        self._store.write_atomic(_reader_file(DRAINED), orjson.dumps(positions))
         log.info("spool: drained at %s", positions)
         self._done = True
 
@@ -618,7 +605,7 @@ class SpoolReader(UnboundedReader):
         """Refill every input's buffer with its next complete lines; new categories become inputs."""
         by_category: dict[str, list[Segment]] = {}
         by_seq: dict[int, Segment] = {}
-        for segment in list_segments(self._source.spool_dir):  # a rename may list both names: sealed wins
+        for segment in self._store.segments():  # a rename may list both names: sealed wins
             if segment.seq not in by_seq or segment.sealed:
                 by_seq[segment.seq] = segment
         self._known.update(by_seq)
@@ -638,23 +625,23 @@ class SpoolReader(UnboundedReader):
                 state.behind = state.gap is not None  # waiting out a gap: data lies ahead
                 return
             try:
-                lines, end = read_lines(segment.path, state.read_to, READ_BYTES)
+                lines, end = self._store.read_lines(segment, state.read_to, READ_BYTES)
             except FileNotFoundError:
-                sealed = segment.path.with_suffix(SEALED)
-                if segment.sealed or not sealed.exists():
+                sealed = None if segment.sealed else self._store.sealed(segment)
+                if sealed is None:
                     state.segment = None  # gone from under us: list again at the next poll
                     return
-                state.segment = Segment(segment.seq, segment.category, sealed, True)  # renamed while open
+                state.segment = sealed  # renamed while open
                 continue
             if lines:
                 state.buffer, state.pos, state.read_to, state.behind = lines, 0, end, True
                 return
             if not segment.sealed:
-                sealed = segment.path.with_suffix(SEALED)
-                if not sealed.exists():
+                sealed = self._store.sealed(segment)
+                if sealed is None:
                     state.behind = False  # open, all read: wait for more
                     return
-                state.segment = Segment(segment.seq, segment.category, sealed, True)  # read on to its true end
+                state.segment = sealed  # read on to its true end
                 continue
             self._check_tail(segment, state.read_to)
             assert state.seq is not None
@@ -685,12 +672,11 @@ class SpoolReader(UnboundedReader):
         state.seq, state.segment = first.seq, first
         return first
 
-    @staticmethod
-    def _check_tail(segment: Segment, read_to: int) -> None:
+    def _check_tail(self, segment: Segment, read_to: int) -> None:
         with contextlib.suppress(FileNotFoundError):
-            size = segment.path.stat().st_size
+            size = self._store.size(segment)
             if size > read_to:
-                log.warning("spool: %s ends with %d bytes without a newline: not read", segment.path,
+                log.warning("spool: %s ends with %d bytes without a newline: not read", self._store.where(segment),
                             size - read_to)
 
 

@@ -105,7 +105,8 @@ def check_flink(options: PipelineOptions) -> None:
         check_job_server_jar(options)
 
 
-def check_stream(options: PipelineOptions, source: str, spool: str) -> None:
+def check_stream(options: PipelineOptions, source: str, spool: str, spool_url: str | None = None,
+                 spool_shared: bool = False) -> None:
     """pipelines.stream on Flink: a source Flink runs, a spool its workers reach, checkpoints on (the spool is
     acknowledged on them)."""
     if not is_flink(options.view_as(StandardOptions).runner):
@@ -113,7 +114,7 @@ def check_stream(options: PipelineOptions, source: str, spool: str) -> None:
     if source == "pubsub":
         raise UsageError("--source pubsub does not run on Flink (Beam's Python Pub/Sub IO runs on the DirectRunner "
                          "and Dataflow only): stream from the gateway's spool on Flink")
-    check_spool(spool)
+    check_spool(spool, spool_url, spool_shared)
     interval = options.view_as(FlinkJobOptions).checkpointing_interval
     if not interval or interval <= 0:
         raise UsageError("a stream on Flink needs --checkpointing_interval MS (e.g. 10000): the spool deletes a "
@@ -121,15 +122,24 @@ def check_stream(options: PipelineOptions, source: str, spool: str) -> None:
                          "does and the gateway fills it")
 
 
-def check_spool(spool: str) -> None:
-    """The spool is read by the SDK workers beside the TaskManagers, not on this host: a path they can reach.
+def check_spool(spool: str, spool_url: str | None, spool_shared: bool) -> None:
+    """The spool is read by the SDK workers beside the TaskManagers, not on this host: a URL of Beam's
+    filesystems the gateway ships sealed segments to (`--spool_url`), or a mount every worker sees at the same
+    absolute path (`--spool_shared`). A plain local path is refused (docs/architecture.md, "Where the spool
+    lives")."""
+    from connectors.spool_store import is_url
 
-    Until the spool can live behind Beam's filesystems (issue 18, item 3), that is a shared mount at the same
-    absolute path on the gateway's host and every worker (runbooks/flink.md).
-    """
+    if spool_url is not None:
+        if not is_url(spool_url):
+            raise UsageError(f"--spool_url {spool_url}: give a URL of Beam's filesystems (s3://bucket/spool)")
+        return
+    if not spool_shared:
+        raise UsageError(f"--spool {spool}: on Flink the TaskManagers cannot read this host's disk: pass --spool_url "
+                         "s3://BUCKET/spool (the gateway ships sealed segments there) or --spool_shared for a mount "
+                         "every TaskManager sees at this path")
     if not os.path.isabs(spool):
-        raise UsageError(f"--spool {spool}: on Flink the SDK workers read the spool on their own hosts; give the "
-                         "absolute path of a mount the gateway and every TaskManager's worker share")
+        raise UsageError(f"--spool {spool}: with --spool_shared give the absolute path of the mount the gateway and "
+                         "every TaskManager's worker share")
 
 
 def job_server_coordinates(version: str) -> str:

@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--config", metavar="FILE", help="job YAML (its `gateway:` section too)")
     parser.add_argument("--source", choices=("spool", "pubsub"), default="spool")
     parser.add_argument("--spool", metavar="DIR", help="the gateway's spool (default OUTPUT/../spool)")
+    parser.add_argument("--spool_url", metavar="URL",
+                        help="read the spool at this URL of Beam's filesystems (s3://bucket/spool), where the gateway "
+                             "ships sealed segments (a cluster's TaskManagers cannot read the gateway's disk)")
+    parser.add_argument("--spool_shared", action="store_true",
+                        help="the spool path is a mount every TaskManager sees at the same path")
     parser.add_argument("--no_gateway", action="store_true", help="a gateway runs apart; only read the spool")
     parser.add_argument("--port", type=int, help="the in-process gateway's port (default: the config's, 8080)")
     parser.add_argument("--subscription", metavar="projects/P/subscriptions/S", help="with --source pubsub")
@@ -158,7 +163,7 @@ def read_lines(pipeline: beam.Pipeline, args: argparse.Namespace, spool: Path, j
 
     conf = job.stream
     read = pipeline | "ReadFromSpool" >> ReadFromSpool(
-        str(spool), idle_stop_s=args.idle_stop, max_out_of_order_s=conf.max_out_of_order,
+        args.spool_url or str(spool), idle_stop_s=args.idle_stop, max_out_of_order_s=conf.max_out_of_order,
         idle_timeout_s=conf.idle_timeout, replay_span_s=replay_span(job),
         replay_bytes=args.replay_bytes if args.replay_bytes is not None else job.gateway.max_spool_bytes // 2,
         **({"publish_margin_s": args.publish_margin} if args.publish_margin is not None else {}))
@@ -201,8 +206,11 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     gateway = dashboard = None
     try:
         options = stream_options(beam_args, args.source, prism.endpoint if prism else None)
-        check_stream(options, args.source, str(spool))
+        check_stream(options, args.source, str(spool), args.spool_url, args.spool_shared)
         FileSystems.set_options(options)
+        if args.spool_url and not args.no_gateway:
+            raise UsageError("--spool_url: run the gateway apart (--no_gateway); its shipper to the URL is not built "
+                             "yet (issue 18, item 3)")
         if args.source == "spool" and not args.no_gateway:
             gateway = start_gateway(args.config, spool, args.port)
         if args.dashboard_port is not None:
@@ -288,8 +296,9 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
     """Run the job until it ends or a signal stops it (module docstring): one line per step, no traceback."""
     from connectors.spool_source import commit_drain, drained, request_drain, reset_drain
 
+    spool_at = args.spool_url or spool  # where the reader finds the spool, and its drain files
     if args.source == "spool":
-        reset_drain(spool)
+        reset_drain(spool_at)
     run = graph.RunContext.new(args.output)
     build_stream(pipeline, job, args, spool, run)
     signals: list[int] = []
@@ -319,7 +328,7 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
                 if args.source == "spool":
                     print("dpipe stream: stopping: the source stops at the next batch, bundles in flight finish",
                           flush=True)
-                    request_drain(spool)
+                    request_drain(spool_at)
                 else:
                     stop_at = time.monotonic()
             if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_SECONDS:
@@ -335,8 +344,8 @@ def supervise(pipeline: beam.Pipeline, job: JobConfig, args: argparse.Namespace,
               file=sys.stderr, flush=True)
         return 1
     final = str(result.state).rsplit(".", 1)[-1].lower()
-    if args.source == "spool" and drained(spool) and final == "done":
-        commit_drain(spool)
+    if args.source == "spool" and drained(spool_at) and final == "done":
+        commit_drain(spool_at)
         print("dpipe stream: stopped cleanly; the next start goes on from here", flush=True)
     print(f"dpipe stream: {final}", flush=True)
     return 1 if final == "failed" else 0

@@ -101,14 +101,20 @@ def test_workers_a_cluster_cannot_reach_or_that_lack_dpipe_are_refused(capsys, t
 
 def test_a_stream_on_flink_needs_checkpoints_a_spool_source_and_a_shared_spool(capsys, tmp_path: Path) -> None:
     spool = f"--spool={tmp_path / 'spool'}"
-    err = stream_error(capsys, tmp_path, "--no_gateway", spool, *ON_CLUSTER)
+    err = stream_error(capsys, tmp_path, "--no_gateway", spool, *ON_CLUSTER, "--checkpointing_interval=1")
+    assert "--spool_url s3://" in err and "--spool_shared" in err and "\n" not in err.strip()
+    err = stream_error(capsys, tmp_path, "--no_gateway", spool, "--spool_url=bucket/spool", *ON_CLUSTER)
+    assert "--spool_url bucket/spool" in err
+    spool = f"--spool={tmp_path / 'spool'}", "--spool_shared"
+    err = stream_error(capsys, tmp_path, "--no_gateway", *spool, *ON_CLUSTER)
     assert "--checkpointing_interval" in err and "finalizes" in err
-    err = stream_error(capsys, tmp_path, "--no_gateway", spool, *ON_CLUSTER, "--checkpointing_interval=0")
+    err = stream_error(capsys, tmp_path, "--no_gateway", *spool, *ON_CLUSTER, "--checkpointing_interval=0")
     assert "--checkpointing_interval" in err
     err = stream_error(capsys, tmp_path, "--source", "pubsub", "--subscription", "projects/p/subscriptions/s",
                        *ON_CLUSTER, "--checkpointing_interval=10000")
     assert "--source pubsub does not run on Flink" in err
-    err = stream_error(capsys, tmp_path, "--no_gateway", "--spool=spool", *ON_CLUSTER, "--checkpointing_interval=1")
+    err = stream_error(capsys, tmp_path, "--no_gateway", "--spool=spool", "--spool_shared", *ON_CLUSTER,
+                       "--checkpointing_interval=1")
     assert "--spool spool" in err and "absolute path" in err
 
 

@@ -34,7 +34,8 @@ def check_command(argv: list[str]) -> None:
     module, args = argv[2], argv[3:]
     if module == "pipelines.stream":
         parsed, beam_args = stream.parse_args(args)
-        check_stream(stream.stream_options(beam_args, parsed.source), parsed.source, parsed.spool)
+        check_stream(stream.stream_options(beam_args, parsed.source), parsed.source, parsed.spool, parsed.spool_url,
+                     parsed.spool_shared)
     elif module == "pipelines.backfill":
         beam_options(backfill.parse_args(args)[1])
     else:

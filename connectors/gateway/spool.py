@@ -45,7 +45,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import orjson
 
@@ -60,7 +60,7 @@ OPEN, SEALED = ".open", ".seg"
 CATEGORY = re.compile(rf"[A-Za-z][A-Za-z0-9_]{{0,{MAX_CATEGORY - 1}}}")
 """Categories the writer accepts: bounded, so `{seq}.{category}.open` and the archive files named after a
 segment stay short, safe file names."""
-_SEGMENT_NAME = re.compile(r"(\d{16})\.([A-Za-z][A-Za-z0-9_]*)(\.open|\.seg)")
+SEGMENT_NAME = re.compile(r"(\d{16})\.([A-Za-z][A-Za-z0-9_]*)(\.open|\.seg)")
 SIZE_REFRESH_SECONDS = 1.0
 """How often the writer re-reads the spool's size from disk (the reader deletes segments behind its back)."""
 
@@ -130,7 +130,7 @@ def list_segments(spool_dir: str | Path) -> list[Segment]:
     found = []
     with contextlib.suppress(FileNotFoundError), os.scandir(segment_dir(spool_dir)) as entries:
         for entry in entries:
-            match = _SEGMENT_NAME.fullmatch(entry.name)
+            match = SEGMENT_NAME.fullmatch(entry.name)
             if match:
                 found.append(Segment(int(match[1]), match[2], Path(entry.path), match[3] == SEALED))
     return sorted(found, key=lambda s: s.seq)
@@ -143,17 +143,22 @@ def read_lines(path: str | Path, start_offset: int, max_bytes: int) -> tuple[lis
     is still returned whole, so a reader always makes progress.
     """
     with open(path, "rb") as f:
-        f.seek(start_offset)
-        data = f.read(max_bytes)
-        end = data.rfind(b"\n") + 1
-        while end == 0 and len(data) >= max_bytes:  # one long line: read on to its end
-            more = f.read(max_bytes)
-            if not more:
-                break
-            newline = more.find(b"\n")
-            data += more
-            if newline >= 0:
-                end = len(data) - len(more) + newline + 1
+        return read_lines_from(f, start_offset, max_bytes)
+
+
+def read_lines_from(f: BinaryIO, start_offset: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
+    """`read_lines` of an open file (a local one, or one of Beam's filesystems)."""
+    f.seek(start_offset)
+    data = f.read(max_bytes)
+    end = data.rfind(b"\n") + 1
+    while end == 0 and len(data) >= max_bytes:  # one long line: read on to its end
+        more = f.read(max_bytes)
+        if not more:
+            break
+        newline = more.find(b"\n")
+        data += more
+        if newline >= 0:
+            end = len(data) - len(more) + newline + 1
     lines = data[:end].split(b"\n")
     lines.pop()  # the empty string after the last newline
     out, offset = [], start_offset
