@@ -18,7 +18,7 @@ from connectors.gateway.server import GatewayServer
 from connectors.gateway.service import serve
 from connectors.gateway.settings import load_settings
 from connectors.gateway.spool import LineSink, SinkError
-from pipelines.options import setup_logging
+from pipelines.options import FILESYSTEM_FLAGS, setup_logging
 from pipelines.validation import ConfigError, UsageError, cli
 
 
@@ -44,11 +44,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="on SIGTERM/SIGINT, how long requests in flight may take to finish (default 5s)")
     parser.add_argument("--pubsub_topic", metavar="projects/P/topics/T",
                         help="publish to this Pub/Sub topic (attribute `category`) instead of the spool")
-    args = parser.parse_args(argv)
+    parser.add_argument("--spool_url", metavar="URL",
+                        help="ship sealed segments to this URL of Beam's filesystems (s3://bucket/spool), where "
+                             "the stream's workers read them; the filesystem's own flags (--s3_endpoint_url, "
+                             "--hdfs_host...) follow as Beam takes them")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [arg for arg in rest if arg.startswith("-") and not arg.startswith(FILESYSTEM_FLAGS)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging()
     sink: LineSink | None = None
     settings = load_settings(args.config, spool=args.spool, host=args.host, port=args.port,
-                             tls_cert=args.tls_cert, tls_key=args.tls_key, drain_seconds=args.drain_seconds)
+                             tls_cert=args.tls_cert, tls_key=args.tls_key, drain_seconds=args.drain_seconds,
+                             spool_url=args.spool_url)
+    if settings.spool_url is not None:
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions(rest))
     if args.pubsub_topic:
         from connectors.gateway.pubsub import PubSubSink
 

@@ -43,4 +43,26 @@ def setup_logging() -> None:
     """dpipe's own progress at INFO; Beam's chatter only from WARNING up."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_beam_root_chatter)
 
+
+def _beam_root_chatter(record: logging.LogRecord) -> bool:
+    """Beam's filesystems log each listing on the root logger at INFO ("Finished listing 2 files"): a spool
+    read through them would print one every poll."""
+    return record.levelno >= logging.WARNING or record.name != "root" or "apache_beam" not in record.pathname
+
+
+FILESYSTEM_FLAGS = ("--s3_", "--hdfs_", "--gcs_", "--azure_", "--blob_")
+"""Beam's filesystem options the gateway takes for its shipper (`--spool_url`)."""
+
+
+def filesystem_args(args: list[str]) -> list[str]:
+    """The filesystem flags (with their values) of Beam-style arguments, for the gateway's shipper."""
+    out: list[str] = []
+    for n, arg in enumerate(args):
+        if arg.startswith(FILESYSTEM_FLAGS):
+            out.append(arg)
+            if "=" not in arg and n + 1 < len(args) and not args[n + 1].startswith("-"):
+                out.append(args[n + 1])
+    return out

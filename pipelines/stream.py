@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import graph
 from pipelines.cluster import check_stream
 from pipelines.config import JobConfig, load_config
-from pipelines.options import UsageError, beam_options, setup_logging
+from pipelines.options import UsageError, beam_options, filesystem_args, setup_logging
 from pipelines.validation import cli
 from transforms.category import camel_case
 from transforms.event import LineBatch
@@ -208,11 +208,8 @@ def run_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
         options = stream_options(beam_args, args.source, prism.endpoint if prism else None)
         check_stream(options, args.source, str(spool), args.spool_url, args.spool_shared)
         FileSystems.set_options(options)
-        if args.spool_url and not args.no_gateway:
-            raise UsageError("--spool_url: run the gateway apart (--no_gateway); its shipper to the URL is not built "
-                             "yet (issue 18, item 3)")
         if args.source == "spool" and not args.no_gateway:
-            gateway = start_gateway(args.config, spool, args.port)
+            gateway = start_gateway(args.config, spool, args.port, args.spool_url, filesystem_args(beam_args))
         if args.dashboard_port is not None:
             dashboard = start_dashboard(args, spool, gateway, options)
         return supervise(beam.Pipeline(options=options), job, args, spool, prism, dashboard)
@@ -231,10 +228,12 @@ class GatewayProcess:
     the SDK worker's GIL, a Ctrl-C to the terminal reaches only this process, and it is stopped (SIGTERM: it
     drains, then seals its segments) after the job. Its output goes on to this process's stdout."""
 
-    def __init__(self, config: str | None, spool: Path, port: int | None) -> None:
+    def __init__(self, config: str | None, spool: Path, port: int | None, spool_url: str | None = None,
+                 filesystem: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "pipelines.gateway", "--spool", str(spool)]
         command += ["--config", config] if config else []
         command += ["--port", str(port)] if port is not None else []
+        command += ["--spool_url", spool_url, *(filesystem or [])] if spool_url else []
         self._proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         assert self._proc.stdout is not None
@@ -266,8 +265,9 @@ class GatewayProcess:
                 self._proc.wait()
 
 
-def start_gateway(config: str | None, spool: Path, port: int | None) -> GatewayProcess:
-    gateway = GatewayProcess(config, spool, port)
+def start_gateway(config: str | None, spool: Path, port: int | None, spool_url: str | None = None,
+                  filesystem: list[str] | None = None) -> GatewayProcess:
+    gateway = GatewayProcess(config, spool, port, spool_url, filesystem or [])
     print(f"dpipe stream: gateway on {gateway.url}/v1/logs/{{category}}, spool {spool}", flush=True)
     return gateway
 

@@ -8,16 +8,22 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from connectors.gateway.spool import SEGMENTS
+from connectors.gateway.settings import load_settings
+from connectors.gateway.spool import SEGMENTS, list_segments
 from connectors.spool_ship import Shipper
 from connectors.spool_source import SpoolSource
 from connectors.spool_store import PARTIAL, FileSystemsStore, SpoolStore, open_store
+from pipelines.options import filesystem_args
+from pipelines.validation import ConfigError
 from tests.servers.s3 import S3Server
 from tests.test_spool_source import als, drain, write_segment
+from tests.test_stream import JOB, lines, post
+from tests.test_stream_stop import payload_ids, procs, run  # noqa: F401 (procs is a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +132,35 @@ def test_a_partial_upload_is_never_listed(s3: S3Server, tmp_path: Path) -> None:
     store = FileSystemsStore(f"s3://spool/{tmp_path.name}")
     store.write(f"{PARTIAL}/{0:016d}.pv.seg", b"a\n")
     assert store.segments() == []
+
+
+def test_the_stream_reads_the_spool_the_gateway_ships_to_s3(s3: S3Server, tmp_path: Path,
+                                                            procs: list) -> None:  # noqa: F811
+    """End to end on Prism: `pipelines.stream --spool_url s3://...` starts its gateway with the shipper, the
+    gateway ships each sealed segment to moto's S3 and deletes its own copy, the reader reads them from S3:
+    every acknowledged line is archived once, and S3 keeps only what the reader has not finished with."""
+    s3.make_bucket("shipped")
+    url = "s3://shipped/live"
+    (tmp_path / "job.yaml").write_text(JOB)
+    proc, log, port = run(tmp_path, procs, "stream", "--spool_url", url, "--idle_stop", "30", *s3.beam_options())
+    sent = []
+    for n in range(20):
+        body = lines("us", "pv" if n % 2 else "error", 50)
+        assert post(port, "pv" if n % 2 else "error", body) == 200
+        sent += body
+    assert proc.wait(300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text and "gateway: shipper stopped, 0 segments left" in text, text[-3000:]
+    assert "Finished listing" not in text  # Beam's root-logger chatter is filtered
+    ids = payload_ids(tmp_path / "out")
+    assert sorted(ids) == sorted(orjson.loads(line.split(b",", 2)[2])["id"] for line in sent)  # each once
+    assert not [s for s in list_segments(tmp_path / "spool") if s.sealed], "shipped segments are deleted here"
+    left = FileSystemsStore(url).segments()
+    assert len(left) <= 2 and FileSystemsStore(url).list(PARTIAL) == []  # at most each input's last one
+
+
+def test_the_gateway_takes_the_filesystem_flags_of_beam_args_and_refuses_a_spool_url_that_is_no_url() -> None:
+    beam_args = ["--runner", "PrismRunner", "--s3_endpoint_url", "http://x", "--hdfs_port=9870", "--streaming"]
+    assert filesystem_args(beam_args) == ["--s3_endpoint_url", "http://x", "--hdfs_port=9870"]
+    with pytest.raises(ConfigError, match="spool_url"):
+        load_settings(None, spool="/tmp/s", spool_url="bucket/spool")

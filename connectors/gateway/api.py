@@ -142,6 +142,8 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, sink: LineSink) -> None:
         self.settings = settings
         self.sink = sink
+        self.stats_sources: list[Callable[[], dict[str, float]]] = [sink.stats]
+        """What /metrics writes as `dpipe_sink_*`: the sink's stats, and the shipper's when there is one."""
         self.draining = False
         self._tokens = [(t.token.encode(), t) for t in settings.tokens]
         self._limits = {t.token: RateLimit(t.max_requests_per_second) for t in settings.tokens
@@ -305,7 +307,7 @@ class Gateway:
                   "dpipe_gateway_up": ("gauge", "0 once the sink's writer died.", int(self.sink.healthy()))}
         for name, (kind, text, value) in gauges.items():
             out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        stats = self.sink.stats()
+        stats = {key: value for source in self.stats_sources for key, value in source().items()}
         for key, value in sorted(stats.items()):
             name = f"dpipe_sink_{key}"
             if key.endswith("_count") and key.removesuffix("_count") + "_sum" in stats:

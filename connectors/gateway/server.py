@@ -15,7 +15,7 @@ from aiohttp.http import HttpVersion10
 
 from connectors.gateway.api import Gateway
 from connectors.gateway.settings import GatewaySettings
-from connectors.gateway.spool import LineSink
+from connectors.gateway.spool import LineSink, SpoolWriter
 
 log = logging.getLogger("dpipe.gateway")
 
@@ -52,13 +52,20 @@ class _OneLineLogger(logging.LoggerAdapter):
 
 
 class GatewayServer:
-    """The gateway on aiohttp: `await start()`, then `port`; `await stop()` drains, then closes the sink."""
+    """The gateway on aiohttp: `await start()`, then `port`; `await stop()` drains, then closes the sink.
+    With `spool_url`, a shipper sends the spool's sealed segments there (connectors/spool_ship.py)."""
 
     def __init__(self, settings: GatewaySettings, sink: LineSink | None = None,
                  drain_seconds: float | None = None) -> None:
         self.settings = settings
         self.sink = sink if sink is not None else settings.spool_writer()
         self.gateway = Gateway(settings, self.sink)
+        self.shipper = None
+        if settings.spool_url is not None and isinstance(self.sink, SpoolWriter):
+            from connectors.spool_ship import Shipper  # Beam's filesystems: only for a shipping gateway
+
+            self.shipper = Shipper(self.sink.dir.parent, settings.spool_url)
+            self.gateway.stats_sources.append(self.shipper.stats)
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.port = settings.port
         self._runner: web.AppRunner | None = None
@@ -95,6 +102,9 @@ class GatewayServer:
                            ssl_context=context)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self.shipper is not None:
+            self.shipper.start()
+            log.info("gateway: shipping sealed segments to %s", self.settings.spool_url)
         scheme = "https" if context else "http"
         log.info("gateway listening on %s://%s:%d, spool %s", scheme, self.settings.host, self.port,
                  self.settings.spool)
@@ -112,4 +122,8 @@ class GatewayServer:
             await self._runner.cleanup()
             log.info("gateway: listener closed")
         await self.sink.close()
+        if self.shipper is not None:  # after the close: it ships what the close sealed
+            await asyncio.to_thread(self.shipper.stop)
+            log.info("gateway: shipper stopped, %d segments left to ship at the next start",
+                     self.shipper.stats()["ship_backlog"])
         log.info("gateway stopped")

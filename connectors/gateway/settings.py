@@ -42,6 +42,9 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     spool: Path | None = None
+    spool_url: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://.+")
+    """Ship sealed segments to this URL of Beam's filesystems (s3://bucket/spool), where the stream's
+    workers on other hosts read them (connectors/spool_ship.py); None: the spool stays here."""
     max_body_bytes: Size = 16 * 2**20
     max_line_bytes: Size = 2**20
     max_lines: int = Field(default=100_000, gt=0)
