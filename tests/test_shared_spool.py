@@ -4,8 +4,7 @@ reads a spool at a URL and deletes its segments only in finalize."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,7 +21,7 @@ from pipelines.options import filesystem_args
 from pipelines.validation import ConfigError
 from tests.servers.s3 import S3Server
 from tests.test_spool_source import als, drain, write_segment
-from tests.test_stream import JOB, lines, post
+from tests.test_stream import JOB, lines, post, wait_for
 from tests.test_stream_stop import payload_ids, procs, run  # noqa: F401 (procs is a fixture)
 
 pytestmark = pytest.mark.integration
@@ -98,14 +97,6 @@ def test_the_reader_reads_a_spool_at_a_url_and_deletes_only_in_finalize(spool: s
     assert not drain(again, started=False), "nothing is read twice"
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    """Poll for what is observed (a deadline, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
-
-
 def test_the_shipper_retries_keeps_the_local_copy_until_shipped_and_never_lists_a_partial(
         s3: S3Server, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
@@ -114,11 +105,11 @@ def test_the_shipper_retries_keeps_the_local_copy_until_shipped_and_never_lists_
     shipper = Shipper(spool, "s3://notyet/spool", backoff_s=0.05, max_backoff_s=0.2)  # no such bucket: fails
     shipper.start()
     try:
-        wait_for("a failed upload", lambda: shipper.stats()["ship_failures_total"] >= 1)
+        wait_for("a failed upload", lambda: shipper.stats()["ship_failures_total"] >= 1, 60)
         assert sealed.exists() and shipper.stats()["ship_backlog"] == 1, "kept until shipped"
         s3.make_bucket("notyet")
-        wait_for("the segment shipped", lambda: shipper.stats()["ship_segments_total"] == 1)
-        wait_for("the local copy deleted", lambda: not sealed.exists())
+        wait_for("the segment shipped", lambda: shipper.stats()["ship_segments_total"] == 1, 60)
+        wait_for("the local copy deleted", lambda: not sealed.exists(), 60)
     finally:
         shipper.stop()
     store = FileSystemsStore("s3://notyet/spool")
