@@ -193,8 +193,8 @@ def format_summary(summary: dict[str, Any], output: str, seconds: float) -> str:
 
 def write_backfill_report(output: str) -> str | None:
     """OUTPUT/report.html, the dashboard's pages as one offline file; local outputs only (None otherwise)."""
-    from connectors.dashboard import MissingChartLibrary, write_report
     from connectors.dashboard.data import load
+    from connectors.dashboard.render import MissingChartLibrary, write_report
 
     if "://" in output:
         return None

