@@ -92,6 +92,7 @@ def decorate_batch(
     """Decorate every event of a batch: each comes out decorated, or as one dead letter."""
     out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
     dead: list[DeadLetter] = []
+    kept = out.events
     by_category: dict[str, list[Rule]] = {}
     for event, id_ in zip(batch.events, _batch_ids(batch.events), strict=True):
         event.decor = {}
@@ -102,6 +103,9 @@ def decorate_batch(
             candidates = by_category[event.category] = [
                 r for r in rules if r.matcher is None or r.matcher.category_ok(event.category)
             ]
+        if not candidates:  # most events of most jobs: the id and index name are all they get
+            kept.append(event)
+            continue
         failed = None
         for rule in candidates:
             if rule.matcher is None or rule.matcher.event_ok(event):
@@ -111,7 +115,7 @@ def decorate_batch(
         if failed:
             dead.append(failed)
         else:
-            out.events.append(event)
+            kept.append(event)
     return out, dead
 
 
