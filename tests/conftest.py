@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+import pipelines  # noqa: F401  first: it turns gRPC's fork handlers off before Beam loads gRPC
+# isort: on
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
