@@ -28,14 +28,17 @@ from typing import Any, BinaryIO, Protocol
 import apache_beam as beam
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.als import ParsedLines
 from transforms.behaviour import BehaviourBatch, BehaviourRow
-from transforms.event import DeadLetter, EventBatch
+from transforms.event import ArchiveRows, DeadLetter, EventBatch, LineBatch
+from transforms.keys import doc_ids
 from transforms.tags import DEADLETTER
 from transforms.times import MS_PER_DAY, utc_date
 
@@ -211,6 +214,37 @@ def event_partitions(batch: EventBatch, schema: pa.Schema = EVENT_SCHEMA) -> Ite
         yield f"category={category}/date={utc_date(day)}", category, table
 
 
+def archive_rows(batch: LineBatch, parsed: ParsedLines, namer: Callable[[int], str]) -> ArchiveRows:
+    """The archive's rows of a batch's parsed lines, built as Arrow columns: what `event_partitions` gives
+    for the same lines once parsed and decorated without rules (the same ids, index names and values: tests
+    compare the two), without making an `Event` per line."""
+    ts = pa.array(parsed.ts, pa.int64())
+    days = pc.divide(ts, MS_PER_DAY)  # event times are never negative: integer division is the floor
+    distinct = pc.unique(days)
+    names = pa.array([namer(day * MS_PER_DAY) for day in distinct.to_pylist()], pa.string())
+    count = len(parsed.ts)
+    table = pa.Table.from_arrays([
+        pa.array(parsed.areas, pa.string()),
+        ts.cast(EVENT_SCHEMA.field("ts").type),
+        pa.array(parsed.payloads, pa.string()),  # orjson checked their UTF-8
+        pa.repeat(pa.scalar(batch.source, pa.string()), count),
+        pa.array(parsed.offsets, pa.int64()),
+        pa.array(doc_ids(batch.source, parsed.offsets, parsed.raws), pa.string()),
+        names.take(pc.index_in(days, distinct)) if len(distinct) > 1 else pa.repeat(names[0], count),
+    ], schema=EVENT_SCHEMA)
+    return ArchiveRows(batch.source, batch.shard, batch.seq, batch.category or "", table, batch.watermark_ms)
+
+
+def row_partitions(rows: ArchiveRows) -> Iterator[tuple[str, str, pa.Table]]:
+    """Split archive rows by UTC date (their category is one): (partition folder, category, table)."""
+    table = rows.table
+    days = pc.divide(table.column("ts").cast(pa.int64()), MS_PER_DAY)
+    distinct = pc.unique(days).to_pylist()
+    for day in distinct:
+        part = table if len(distinct) == 1 else table.filter(pc.equal(days, day))
+        yield f"category={rows.category}/date={utc_date(day)}", rows.category, part
+
+
 class _ShardedWriteDoFn(beam.DoFn):
     """Writes elements to temp files, one per (file group, partition), and emits a WrittenFile per file.
 
@@ -379,7 +413,8 @@ class WriteEventsParquet(_WriteParquet):
         self, output: str, temp_dir: str, compression: str = "zstd", schema: pa.Schema = EVENT_SCHEMA
     ) -> None:
         super().__init__("events", output, temp_dir, compression, schema,
-                         split=lambda batch: event_partitions(batch, schema),
+                         split=lambda batch: row_partitions(batch) if isinstance(batch, ArchiveRows)
+                         else event_partitions(batch, schema),
                          counter=lambda category: _event_counter(schema, category))
 
 

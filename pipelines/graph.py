@@ -9,15 +9,17 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 import apache_beam as beam
 
-from connectors.files import WriteEventsParquet, event_schema, join
+from connectors.files import WriteEventsParquet, archive_rows, event_schema, join
 from pipelines.components import COMPONENTS, Wiring
 from pipelines.config import JobConfig
 from pipelines.side_outputs import GraphOutputs, SideOutputs
 from transforms.als import ParseAls, TimeBounds
 from transforms.decorate import Decorate, rule_columns
+from transforms.event import ArchiveRows
 from transforms.route import Route
 from transforms.tags import COUNTS
 
@@ -43,17 +45,23 @@ def build(lines: beam.PCollection, job: JobConfig, run: RunContext) -> GraphOutp
     """Wire every branch onto a PCollection of LineBatch: parse, decorate, archive, route, the sinks."""
     bounds = TimeBounds.around(run.now_ms, job.parse.max_age, job.parse.max_future)
     decorations = job.decorate_rules()
-    parsed = lines | "ParseAls" >> ParseAls(bounds)
-    decorated = parsed.events | "Decorate" >> Decorate(decorations, job.index.namer())
-    events = decorated.events | "ArchiveEvents" >> WriteEventsParquet(
+    side = SideOutputs()
+    if decorations or job.routes:
+        parsed = lines | "ParseAls" >> ParseAls(bounds)
+        decorated = parsed.events | "Decorate" >> Decorate(decorations, job.index.namer())
+        side.dead_letters(decorated.deadletter)
+        side.counts(decorated[COUNTS])
+        rows = decorated.events
+    else:  # nothing but the archive reads events: parse builds its rows as columns, and no Event is made
+        parsed = lines | "ParseAls" >> ParseAls(bounds, rows_of=partial(archive_rows, namer=job.index.namer()),
+                                                rows_type=ArchiveRows)
+        rows = parsed.events
+    side.dead_letters(parsed.deadletter)
+    events = rows | "ArchiveEvents" >> WriteEventsParquet(
         run.output, run.temp_dir, job.archive.compression, event_schema(rule_columns(decorations))
     )
-    side = SideOutputs()
-    side.dead_letters(parsed.deadletter)
-    side.dead_letters(decorated.deadletter)
-    side.counts(decorated[COUNTS])
     if job.routes:
-        _route_branches(decorated.events, job, run, side)
+        _route_branches(rows, job, run, side)
     return side.close(events, run.output, run.temp_dir)
 
 

@@ -1,5 +1,6 @@
 """The backfill's hot path against its references: the batch functions give exactly what the pure per-line
-functions give (`parse_batch` vs `parse_line`, `doc_ids` vs `doc_id`), on every kind of line."""
+functions give (`parse_batch` vs `parse_line`, `doc_ids` vs `doc_id`, the archive's columnar rows vs the rows
+of decorated events), on every kind of line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.archives import COMPRESSED_EXPANSION, FileRange, plan_inputs
-from transforms.als import MAX_LINE_BYTES, MS_THRESHOLD, TimeBounds, parse_batch, parse_line
+from connectors.files import archive_rows, event_partitions, row_partitions
+from transforms.als import MAX_LINE_BYTES, MS_THRESHOLD, TimeBounds, parse_batch, parse_line, parse_lines
+from transforms.decorate import IndexNamer, decorate_batch
 from transforms.event import Event, LineBatch
 from transforms.keys import doc_id, doc_ids
 
@@ -56,6 +59,30 @@ def test_parse_batch_is_parse_line_on_every_line(lines: list[bytes], bounds: Tim
     assert [outcome(e) for e in events.events] == [outcome(r) for r in expected if isinstance(r, Event)]
     assert [outcome(d) for d in dead] == [outcome(r) for r in expected if not isinstance(r, Event)]
     assert (events.source, events.shard, events.seq) == ("logs/pv.0.log", "s", 3)
+
+
+good_line = st.builds(lambda a, t, p: b"%s,%d,%s" % (a, t, p), st.sampled_from([b"us", b"fr"]),
+                      st.integers(1389913256, 1389913256 + 90 * 86400),  # three months of seconds
+                      st.sampled_from([b'{"a":1}', b"{}", b'{"b":"x"}']))
+
+
+@PROPERTY
+@given(lines=st.lists(st.one_of(good_line, good_line, als_line), max_size=25), bounds=bounds,
+       pattern=st.sampled_from(["@ym", "@ymd", "@yw", "rs@ym", "all"]))
+def test_archive_rows_are_the_rows_of_events_decorated_without_rules(lines: list[bytes], bounds: TimeBounds,
+                                                                      pattern: str) -> None:
+    batch = LineBatch("logs/pv.0.log", "s", 3, "pv", [i * 7 for i in range(len(lines))], lines, watermark_ms=5)
+    namer = IndexNamer("dpipe", pattern)
+    events, _ = decorate_batch(parse_batch(batch, bounds)[0], [], namer, {})
+    parsed, dead = parse_lines(batch, bounds)
+    assert len(dead) == len(parse_batch(batch, bounds)[1])
+    expected = [(part, category, table.to_pylist()) for part, category, table in event_partitions(events)]
+    if not parsed.ts:
+        assert expected == []
+        return
+    rows = archive_rows(batch, parsed, namer)
+    assert (rows.source, rows.shard, rows.seq, rows.watermark_ms) == ("logs/pv.0.log", "s", 3, 5)
+    assert [(part, category, table.to_pylist()) for part, category, table in row_partitions(rows)] == expected
 
 
 def test_parse_batch_takes_the_reference_path_for_long_lines_and_crlf() -> None:

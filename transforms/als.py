@@ -11,8 +11,9 @@ the original's unsigned-subtraction bug that turned old lines into "now" is not 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 import orjson
@@ -130,7 +131,20 @@ def _dead(
     return DeadLetter(text, reason, source, offset, "parse", detail, category or None)
 
 
-def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[EventBatch, list[DeadLetter]]:
+@dataclass(slots=True)
+class ParsedLines:
+    """The events of one LineBatch as parallel lists, in line order: what `Event`s are made of, or the
+    archive's Arrow columns directly when nothing else reads the events (connectors.files.archive_rows)."""
+
+    areas: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    fields: list[dict[str, Any]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+
+
+def parse_lines(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[ParsedLines, list[DeadLetter]]:
     """Parse every line of a batch: each line becomes exactly one event or one dead letter, the same as
     `parse_line` gives it (the reference; tests compare the two on every kind of line).
 
@@ -138,7 +152,7 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
     area, an all-digit timestamp, a non-empty JSON object, no `\\r`) is parsed inline with the checks it
     needs, area validity looked up once per distinct area; every other line goes through `parse_line`.
     """
-    out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
+    out = ParsedLines()
     dead: list[DeadLetter] = []
     source = batch.source
     if batch.category is None:
@@ -148,8 +162,9 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
             )
         return out, dead
     category = batch.category
-    events = out.events
-    append, loads = events.append, orjson.loads
+    add_area, add_ts, add_fields = out.areas.append, out.ts.append, out.fields.append
+    add_offset, add_raw, add_payload = out.offsets.append, out.raws.append, out.payloads.append
+    loads = orjson.loads
     min_ms = 0 if bounds.min_ms is None else max(bounds.min_ms, 0)
     max_ms = MAX_MS - 1 if bounds.max_ms is None else min(bounds.max_ms, MAX_MS - 1)
     areas: dict[bytes, str | None] = {}  # area bytes -> the area, or None when it is not a good one
@@ -172,13 +187,36 @@ def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[Event
                     except orjson.JSONDecodeError:
                         fields = None
                     if type(fields) is dict:
-                        append(Event(area, ms, category, fields, source, offset, line, payload))
+                        add_area(area)
+                        add_ts(ms)
+                        add_fields(fields)
+                        add_offset(offset)
+                        add_raw(line)
+                        add_payload(payload)
                         continue
         result = parse_line(line, source, offset, category, bounds)
         if isinstance(result, Event):
-            append(result)
+            add_area(result.area)
+            add_ts(result.ts)
+            add_fields(result.fields)
+            add_offset(result.offset)
+            add_raw(result.raw)
+            add_payload(result.payload)  # type: ignore[arg-type]  # parse_line always sets it
         else:
             dead.append(result)
+    return out, dead
+
+
+def parse_batch(batch: LineBatch, bounds: TimeBounds = NO_BOUNDS) -> tuple[EventBatch, list[DeadLetter]]:
+    """`parse_lines`, as Event objects (what decoration, routes and every analysis read)."""
+    parsed, dead = parse_lines(batch, bounds)
+    out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
+    category, source = batch.category or "", batch.source
+    out.events = [
+        Event(area, ts, category, fields, source, offset, raw, payload)
+        for area, ts, fields, offset, raw, payload in zip(
+            parsed.areas, parsed.ts, parsed.fields, parsed.offsets, parsed.raws, parsed.payloads, strict=True)
+    ]
     return out, dead
 
 
@@ -192,23 +230,34 @@ def _good_area(area_b: bytes) -> str | None:
         return None
 
 
+RowsOf = Callable[[LineBatch, ParsedLines], Any]
+"""Builds a batch's output straight from its parsed lines (connectors.files.archive_rows) instead of Events."""
+
+
 class _ParseDoFn(beam.DoFn):
-    def __init__(self, bounds: TimeBounds) -> None:
-        self._bounds = bounds
+    def __init__(self, bounds: TimeBounds, rows_of: RowsOf | None = None) -> None:
+        self._bounds, self._rows_of = bounds, rows_of
         self._events = Metrics.counter("dpipe.parse", "events")
         self._dead = Metrics.counter("dpipe.parse", "dead_letters")
 
     def setup(self) -> None:
         tune_gc()
 
-    def process(self, batch: LineBatch) -> Iterator[EventBatch | beam.pvalue.TaggedOutput]:
-        events, dead = parse_batch(batch, self._bounds)
-        self._events.inc(len(events.events))
+    def process(self, batch: LineBatch) -> Iterator[Any]:
+        out: Any
+        if self._rows_of is None:
+            events, dead = parse_batch(batch, self._bounds)
+            count, out = len(events.events), events
+        else:
+            parsed, dead = parse_lines(batch, self._bounds)
+            count = len(parsed.ts)
+            out = self._rows_of(batch, parsed) if count else None
+        self._events.inc(count)
         self._dead.inc(len(dead))
         for letter in dead:  # few: a counter per reason is cheap, and what an operator graphs
             Metrics.counter("dpipe.dead_letters", letter.error).inc()
-        if events.events:
-            yield events
+        if count:
+            yield out
         for letter in dead:
             yield beam.pvalue.TaggedOutput(DEADLETTER, letter)
 
@@ -216,15 +265,18 @@ class _ParseDoFn(beam.DoFn):
 class ParseAls(beam.PTransform):
     """LineBatch -> EventBatch (main output) and DeadLetter (output `deadletter`).
 
-    `result = lines | ParseAls(bounds)`; `result.events`, `result.deadletter`.
+    `result = lines | ParseAls(bounds)`; `result.events`, `result.deadletter`. With `rows_of` (and its
+    output type), the main output is what it builds from each batch's parsed lines: the archive's rows when
+    nothing else reads the events (pipelines/graph.py).
     """
 
-    def __init__(self, bounds: TimeBounds = NO_BOUNDS, label: str | None = None) -> None:
+    def __init__(self, bounds: TimeBounds = NO_BOUNDS, label: str | None = None,
+                 rows_of: RowsOf | None = None, rows_type: type = EventBatch) -> None:
         super().__init__(label)
-        self._bounds = bounds
+        self._bounds, self._rows_of, self._type = bounds, rows_of, rows_type
 
     def expand(self, lines: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        parse = beam.ParDo(_ParseDoFn(self._bounds)).with_output_types(EventBatch)
+        parse = beam.ParDo(_ParseDoFn(self._bounds, self._rows_of)).with_output_types(self._type)
         return lines | "Parse" >> parse.with_outputs(DEADLETTER, main="events")
 
 

@@ -119,6 +119,20 @@ class EventBatch:
     watermark_ms: int | None = None
 
 
+@dataclass(slots=True)
+class ArchiveRows:
+    """A LineBatch's events as the archive's Arrow rows (`table`: connectors.files.EVENT_SCHEMA), for jobs
+    where nothing but the archive reads events (no decorations, no routes): parse builds the columns from its
+    parsed lines and no `Event` object is made (docs/architecture.md, "The archive-only hot path")."""
+
+    source: str
+    shard: str
+    seq: int
+    category: str
+    table: Any  # pyarrow.Table
+    watermark_ms: int | None = None
+
+
 class _Missing:
     """The absent value (JSON null is None). Pickles by name, so `is MISSING` holds in every worker."""
 
@@ -200,8 +214,11 @@ class BatchCoder(coders.Coder):
             return sum(map(len, value.lines)) + 16 * len(value.lines)
         if isinstance(value, EventBatch):
             return sum(len(e.raw) for e in value.events) * 2
+        if isinstance(value, ArchiveRows):
+            return value.table.nbytes
         return len(self.encode(value))
 
 
 coders.registry.register_coder(LineBatch, BatchCoder)
 coders.registry.register_coder(EventBatch, BatchCoder)
+coders.registry.register_coder(ArchiveRows, BatchCoder)
