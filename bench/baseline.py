@@ -3,8 +3,8 @@
     python -m bench.baseline --input GLOB --output DIR [--config FILE]
 
 It reuses dpipe's pure functions (the range reader, `parse_batch`, `decorate_batch`, `route_batch`,
-`event_partitions`), so the difference with `pipelines.backfill` is exactly what the framework costs or
-gains.
+`event_partitions`; for a job without decorations and routes, `parse_lines` and `archive_rows`, as the graph
+does), so the difference with `pipelines.backfill` is exactly what the framework costs or gains.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import orjson
 import pyarrow.parquet as pq
 
 from connectors.archives import FileRange, read_range
-from connectors.files import event_partitions, event_schema
+from connectors.files import archive_rows, event_partitions, event_schema, row_partitions
 from connectors.summary import finish_summary
 from pipelines.config import JobConfig, load_config
 from transforms.alarms import EMPTY as ALARM_EMPTY
 from transforms.alarms import _Selector, evaluate, window_starts
 from transforms.alarms import add as alarm_add
-from transforms.als import parse_batch
+from transforms.als import parse_batch, parse_lines
 from transforms.cardinality import slots_of as card_slots
 from transforms.counters import pre_aggregate
 from transforms.decorate import decorate_batch, rule_columns
@@ -89,10 +89,16 @@ def run(paths: list[str], output: str, job: JobConfig) -> dict:
         for path in paths:
             for batch in read_range(FileRange(path, 0, None)):
                 counts["lines_read"] += len(batch.lines)
-                events, dead = parse_batch(batch)
-                events, failed = decorate_batch(events, rules, namer, decorate_counts)
-                dead += failed
-                for partition, _, table in event_partitions(events, schema):
+                if rules or routes:
+                    events, dead = parse_batch(batch)
+                    events, failed = decorate_batch(events, rules, namer, decorate_counts)
+                    dead += failed
+                    parts, n_events = event_partitions(events, schema), len(events.events)
+                else:  # the graph's archive-only path (pipelines/graph.py): columns, no Event objects
+                    parsed, dead = parse_lines(batch)
+                    n_events = len(parsed.ts)
+                    parts = row_partitions(archive_rows(batch, parsed, namer)) if n_events else iter(())
+                for partition, _, table in parts:
                     if partition not in writers:
                         target = os.path.join(output, "events", partition, "part-0.parquet")
                         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -101,7 +107,7 @@ def run(paths: list[str], output: str, job: JobConfig) -> dict:
                 if routes:
                     routed = route_batch(events, routes, route_counts)
                     analyses.add(routed)
-                counts["events"] += len(events.events)
+                counts["events"] += n_events
                 counts["dead_letters"] += len(dead)
                 dead_out.write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in dead))
             counts["files_read"] += 1
