@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from transforms.decorate import IndexNamer, Rule, decorate_batch
 from transforms.decoration import DelOp, GeoIpOp, MoneyOp, NormalizeOp, OpError, RangeOp
+from transforms.decoration.geoip import GeoIpConfig
 from transforms.event import Event, EventBatch
 from transforms.geoip import GeoDb, default_db
 from transforms.keys import doc_id, fingerprint
@@ -204,6 +205,21 @@ def test_geoip_database_is_swapped_on_change_and_kept_when_broken(tmp_path: Path
     path.write_bytes(b"not a database")
     assert not db.maybe_reload() and db.reload_failures == 1
     assert db.lookup("81.2.69.160")[0] == "GB"  # the old reader stays in service
+
+
+def test_geoip_cache_is_bounded_and_keeps_one_answer_per_place(tmp_path: Path) -> None:
+    path = tmp_path / "city.mmdb"
+    shutil.copy(default_db(), path)
+    db = GeoDb(str(path), check_seconds=3600, cache_size=2)
+    a, b = db.lookup("81.2.69.160"), db.lookup("81.2.69.161")  # two addresses of one place
+    assert a == b and a is b  # one tuple for both answers
+    db.lookup("24.24.24.24")
+    info = db._loaded.lookup.cache_info()
+    assert info.maxsize == 2 and info.currsize == 2 and info.misses == 3
+    op = GeoIpConfig.model_validate({"cache_size": 10}).build()
+    assert op.cache_size == 10 and op.db.cache_size == 10
+    with pytest.raises(ValueError, match="cache_size"):
+        GeoIpConfig.model_validate({"cache_size": 0})
 
 
 def test_decorate_batch_sets_index_and_id_and_sends_failures_to_dead_letters() -> None:

@@ -9,6 +9,8 @@ import orjson
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import runner_options
 from transforms.event import Event, EventBatch
@@ -94,3 +96,24 @@ def test_route_transform_outputs_one_pcollection_per_route() -> None:
             )
             assert_that(offsets, equal_to(expected), label=f"check {spec.name}")
         assert_that(result.counts | beam.Map(lambda c: c[UNMATCHED]), equal_to([1]), label="unmatched")
+
+
+MIXED = [
+    RouteSpec("pv", Matcher(categories=("pv",))),
+    RouteSpec("fr_pv", Matcher(categories=("pv",), areas=("fr",))),
+    RouteSpec("ok", Matcher(categories=("payment", "pv"), where=(Condition("type", "==", "OK"),))),
+    RouteSpec("mongo", Matcher(categories=("mongo*",))),
+    RouteSpec("all_us", Matcher(areas=("us",))),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pv", "payment", "mongoErr", "dau"]), st.sampled_from(["us", "fr"]),
+                          st.sampled_from(["OK", "KO", None])), max_size=30))
+def test_route_batch_equals_each_matcher_applied_to_each_event(rows: list[tuple[str, str, str | None]]) -> None:
+    events = [ev(c, a, offset=i, **({} if t is None else {"type": t})) for i, (c, a, t) in enumerate(rows)]
+    counts: dict[str, Any] = {}
+    out = route_batch(EventBatch("f", "s", 0, events), MIXED, counts)
+    for spec in MIXED:  # the per-category plan must give what each matcher says of each event, in order
+        assert [e.offset for e in out[spec.name].events] == [e.offset for e in events if spec.matcher(e)]
+    assert counts[UNMATCHED] == sum(not any(s.matcher(e) for s in MIXED) for e in events)

@@ -10,7 +10,7 @@ An op that cannot apply raises OpError: the event goes to the dead letters with 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,7 +93,8 @@ def decorate_batch(
     out = EventBatch(batch.source, batch.shard, batch.seq, watermark_ms=batch.watermark_ms)
     dead: list[DeadLetter] = []
     kept = out.events
-    by_category: dict[str, list[Rule]] = {}
+    # Per category: the rules that can apply, each with its per-event check (None: the category decides).
+    by_category: dict[str, list[tuple[Callable[[Event], bool] | None, list[Op]]]] = {}
     for event, id_ in zip(batch.events, _batch_ids(batch.events), strict=True):
         event.decor = {}
         event.index = namer(event.ts)
@@ -101,15 +102,16 @@ def decorate_batch(
         candidates = by_category.get(event.category)
         if candidates is None:
             candidates = by_category[event.category] = [
-                r for r in rules if r.matcher is None or r.matcher.category_ok(event.category)
+                (None if r.matcher is None or r.matcher.by_category_only else r.matcher.event_ok, r.ops)
+                for r in rules if r.matcher is None or r.matcher.category_ok(event.category)
             ]
         if not candidates:  # most events of most jobs: the id and index name are all they get
             kept.append(event)
             continue
         failed = None
-        for rule in candidates:
-            if rule.matcher is None or rule.matcher.event_ok(event):
-                failed = apply_ops(event, rule.ops, counts)
+        for check, ops in candidates:
+            if check is None or check(event):
+                failed = apply_ops(event, ops, counts)
                 if failed:
                     break
         if failed:

@@ -91,6 +91,11 @@ class Matcher:
             self._by_category[category] = ok
         return ok
 
+    @property
+    def by_category_only(self) -> bool:
+        """No area or field condition: the category decides."""
+        return not self.areas and not self.where
+
     def event_ok(self, event: Event) -> bool:
         if self.areas and not any(fnmatch.fnmatchcase(event.area, a) for a in self.areas):
             return False
@@ -113,18 +118,32 @@ class RouteSpec:
 
 
 def route_batch(batch: EventBatch, routes: Sequence[RouteSpec], counts: dict[str, Any]) -> dict[str, EventBatch]:
-    """Split a batch into one batch per route (events are shared: sinks never change them)."""
+    """Split a batch into one batch per route (events are shared: sinks never change them).
+
+    Which routes can take a category is worked out once per category of the batch; routes that select by
+    category alone then take its events without a check per event.
+    """
     out = {r.name: EventBatch(batch.source, batch.shard, batch.seq, [], r.drop, batch.watermark_ms) for r in routes}
-    per_route = counts.setdefault("routes", {})
+    plans: dict[str, tuple[list[list[Event]], list[tuple[Callable[[Event], bool], list[Event]]]]] = {}
     unmatched = 0
     for event in batch.events:
-        matched = False
-        for route in routes:
-            if not route.matcher(event):
-                continue
-            matched = True
-            out[route.name].events.append(event)
+        plan = plans.get(event.category)
+        if plan is None:
+            takers = [r for r in routes if r.matcher.category_ok(event.category)]
+            plan = plans[event.category] = (
+                [out[r.name].events for r in takers if r.matcher.by_category_only],
+                [(r.matcher.event_ok, out[r.name].events) for r in takers if not r.matcher.by_category_only],
+            )
+        always, checked = plan
+        for events in always:
+            events.append(event)
+        matched = bool(always)
+        for ok, events in checked:
+            if ok(event):
+                events.append(event)
+                matched = True
         unmatched += not matched
+    per_route = counts.setdefault("routes", {})
     for name, routed in out.items():
         per_route[name] = per_route.get(name, 0) + len(routed.events)
     counts[UNMATCHED] = counts.get(UNMATCHED, 0) + unmatched

@@ -9,21 +9,23 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from pydantic import Field
 
 from pipelines.validation import Duration, existing_file
 from transforms.decoration.base import Op, OpSection, decorations
 from transforms.event import MISSING, Event
 from transforms.fields import Keys, compile_getter
-from transforms.geoip import GeoDb, default_db
+from transforms.geoip import DEFAULT_CACHE_SIZE, GeoDb, default_db
 
 
 class GeoIpOp(Op):
     name = "geoip"
 
     def __init__(self, keys: Sequence[str], db: str, fields: Sequence[str] = ("country", "city", "location"),
-                 max_db_age_s: float | None = None, check_seconds: float = 60.0) -> None:
+                 max_db_age_s: float | None = None, check_seconds: float = 60.0,
+                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.getters = [compile_getter(k) for k in keys]
-        self.db_path, self.check_seconds = db, check_seconds
+        self.db_path, self.check_seconds, self.cache_size = db, check_seconds, cache_size
         self.want_city, self.want_location = "city" in fields, "location" in fields
         self.max_db_age_s = max_db_age_s
         self._db: GeoDb | None = None
@@ -33,7 +35,7 @@ class GeoIpOp(Op):
     @property
     def db(self) -> GeoDb:
         if self._db is None:  # opened lazily: once per worker process, not when the pipeline is built
-            self._db = GeoDb.shared(self.db_path, self.check_seconds)
+            self._db = GeoDb.shared(self.db_path, self.check_seconds, self.cache_size)
         return self._db
 
     def __getstate__(self) -> dict[str, Any]:
@@ -89,6 +91,8 @@ class GeoIpConfig(OpSection):
     fields: list[Literal["country", "city", "location"]] = ["country", "city", "location"]
     max_db_age: Duration | None = None
     check_interval: Duration = 60.0
+    cache_size: Annotated[int, Field(ge=1)] = DEFAULT_CACHE_SIZE  # addresses remembered per worker (~115 B each)
 
     def build(self) -> Op:
-        return GeoIpOp(self.keys, self.db or default_db(), self.fields, self.max_db_age, self.check_interval)
+        return GeoIpOp(self.keys, self.db or default_db(), self.fields, self.max_db_age, self.check_interval,
+                       self.cache_size)
