@@ -20,7 +20,7 @@ import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from connectors.archives import STATS, InputError, ReadArchives, check_inputs
+from connectors.archives import STATS, InputError, ReadArchives, check_inputs, plan_inputs
 from connectors.files import join, remove_tree
 from connectors.progress import ProgressBar
 from connectors.search import install_templates
@@ -86,6 +86,9 @@ def run_backfill(inputs: list[str], output: str, job: JobConfig, beam_args: list
         summary = _run_waves(inputs, output, job, options, wave_bytes)
     else:
         check_inputs(inputs)
+        if workers and workers > 1 and len(plan_inputs(inputs, job.read.chunk_bytes)) < 2:
+            log.info("one range to read (%s): one worker", ", ".join(inputs))
+            options = beam_options(beam_args, 1)  # a second worker process would only cost its start-up
         summary = _run_once(inputs, output, job, options, lambda run: join(run.output, SUMMARY_FILE))
     return summary
 

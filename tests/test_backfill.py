@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 import pyarrow.dataset as ds
 import pytest
+from apache_beam.options.pipeline_options import DirectOptions
 
+import pipelines.backfill as backfill_module
 from connectors.archives import _Progress
 from pipelines.backfill import run_backfill
 from pipelines.config import JobConfig, parse_config
@@ -172,3 +174,23 @@ def test_cli_with_two_worker_processes_gives_the_same_result(backfill, tmp_path:
 
 def test_defaults_need_no_config() -> None:
     assert JobConfig().archive.compression == "zstd"
+
+
+LINE = b"us,1389913256,{}\n"
+
+
+@pytest.mark.parametrize(("contents", "workers"), [([b""], 1), ([LINE], 1), ([LINE, LINE], 2)])
+def test_a_second_worker_is_started_only_when_there_is_a_second_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, contents: list[bytes], workers: int
+) -> None:
+    for n, content in enumerate(contents):
+        (tmp_path / f"pv_{n}.log").write_bytes(content)  # an empty file has no range at all
+    started: list[int] = []
+
+    def run_once(inputs: list[str], output: str, job: JobConfig, options: Any, path: Any) -> dict:
+        started.append(options.view_as(DirectOptions).direct_num_workers)
+        return {}
+
+    monkeypatch.setattr(backfill_module, "_run_once", run_once)
+    run_backfill([str(tmp_path / "*.log")], str(tmp_path / "out"), JobConfig(), PINNED, workers=2)
+    assert started == [workers]
