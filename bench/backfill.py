@@ -175,18 +175,26 @@ def modes(pattern: str, config: list[str], workers: list[int]) -> dict[str, list
 
 
 def fixed_cost(config: list[str], workers: list[int]) -> None:
-    """dpipe on an empty file: start-up to a finished summary (and report) and exit."""
+    """dpipe start-up to a finished summary (and report) and exit: on an empty file with each worker count
+    (no range to read runs on one worker whatever --workers says), and on two one-line files with the most
+    workers (two ranges: the worker processes do start)."""
     empty = WORK / "empty" / "pv.0.log"
     empty.parent.mkdir(parents=True, exist_ok=True)
     empty.write_bytes(b"")
-    print("\n| fixed cost: an empty input | wall s | CPU s | load before/after |\n|---|---:|---:|---:|")
-    for n in workers:
+    tiny = WORK / "tiny"
+    tiny.mkdir(parents=True, exist_ok=True)
+    for n in range(2):
+        (tiny / f"pv_{n}.log").write_bytes(b"us,1389913256,{}\n")
+    runs = [(f"an empty file, --workers {n}", str(empty), n) for n in workers]
+    if max(workers) > 1:
+        runs.append((f"two one-line files, --workers {max(workers)}", str(tiny / "*.log"), max(workers)))
+    print("\n| fixed cost: dpipe backfill on | wall s | CPU s | load before/after |\n|---|---:|---:|---:|")
+    for label, pattern, n in runs:
         out_dir = WORK / "out-empty"
         shutil.rmtree(out_dir, ignore_errors=True)
         run = timed([sys.executable, "-m", "pipelines.backfill", "--runner", "FnApiRunner", "--workers", str(n),
-                     "--input", str(empty), "--output", str(out_dir), *config])
-        print(f"| dpipe backfill, {n} worker{'s' if n > 1 else ''} | {run.seconds:.1f} | {run.cpu:.1f} | "
-              f"{run.load[0]:.1f} / {run.load[1]:.1f} |")
+                     "--input", pattern, "--output", str(out_dir), *config])
+        print(f"| {label} | {run.seconds:.1f} | {run.cpu:.1f} | {run.load[0]:.1f} / {run.load[1]:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
