@@ -28,6 +28,7 @@ import orjson
 import yaml
 
 from connectors.gateway.spool import spool_bytes
+from connectors.spool_source import unread_bytes
 from pipelines.generate import SECOND_TS_CATEGORIES, Spec, generate
 from transforms.category import category_from_path
 
@@ -146,7 +147,8 @@ def bench_config(template: str, work: Path, webhook: str | None, interval: int |
 # -- sampling ----------------------------------------------------------------------------------------------------
 @dataclass
 class Samples:
-    backlog: list[tuple[float, int]] = field(default_factory=list)  # (wall time, spool bytes)
+    backlog: list[tuple[float, int]] = field(default_factory=list)  # (wall time, bytes no reader has cut yet)
+    spool: list[tuple[float, int]] = field(default_factory=list)  # (wall time, bytes in the spool's segments)
     first_seen: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)  # (kind, name, end ms)
     first_card: float | None = None
 
@@ -157,7 +159,8 @@ def sample(out: Path, spool: Path, stop: threading.Event, samples: Samples) -> N
     seen: set[Path] = set()
     while not stop.wait(1.0):
         now = time.time()
-        samples.backlog.append((now, spool_bytes(spool)))
+        samples.backlog.append((now, unread_bytes(spool)))
+        samples.spool.append((now, spool_bytes(spool)))  # read segments kept for a replay after a crash too
         for kind in RESULT_KINDS:
             folder = out / kind
             if not folder.is_dir():
@@ -343,8 +346,9 @@ def max_sustainable(traffic: Traffic, config: Path | None, start: int, seconds: 
         t = run_trial(traffic, rate, seconds, config, None, None)
         good = t.bounded()
         trials.append((rate, good, t.achieved))
-        print(f"  trial {rate:,} lines/s for {seconds:.0f} s: achieved {t.achieved:,.0f}, backlog end "
-              f"{(t.samples.backlog[-1][1] if t.samples.backlog else 0) / 2**20:.1f} MiB, "
+        print(f"  trial {rate:,} lines/s for {seconds:.0f} s: achieved {t.achieved:,.0f}, unread at the end "
+              f"{(t.samples.backlog[-1][1] if t.samples.backlog else 0) / 2**20:.1f} MiB (spool "
+              f"{(t.samples.spool[-1][1] if t.samples.spool else 0) / 2**20:.1f} MiB), "
               f"{'bounded' if good else 'GROWING'}" + (f" ({t.failed})" if t.failed else ""), flush=True)
         return good
 

@@ -12,8 +12,9 @@ same files, in the same run.
 `--steady` (bench/steady.py): live traffic at a fixed rate with error spikes every `--spike_every` seconds;
 reports alarm latency (crossing POST acknowledged -> webhook notification), results delay (wall clock past
 an interval's end + `stream.max_out_of_order`, the watermark's approximation, -> first row after it), the
-spool backlog each second and whether it stays bounded; `--search` adds the maximum sustainable rate of the
-config and of the embedded defaults (doubling, then bisecting; each trial `--trial_seconds`).
+unread backlog each second (spool bytes no reader has cut into a batch yet; the spool's size also holds read
+segments kept for a replay after a crash) and whether it stays bounded; `--search` adds the maximum
+sustainable rate of the config and of the embedded defaults (doubling, then bisecting; each trial `--trial_seconds`).
 """
 
 from __future__ import annotations
@@ -210,9 +211,12 @@ def measured(args: argparse.Namespace, job: Any, traffic: Any, config: Path | No
         print(f"| {kind}: wall clock past end + {ooo:g} s -> first row after it | {_ms(values)} |")
     print(f"| cardinality: first POST -> first running row (day periods: no end in the run) | "
           f"{'-' if first_card is None else f'{first_card:.2f}'} | | |")
-    print("\nspool backlog (MiB, every 5 s): "
+    spool = [b for t, b in trial.samples.spool if t <= trial.ended]
+    print("\nunread backlog, bytes no reader has cut yet (MiB, every 5 s): "
           + " ".join(f"{b / 2**20:.1f}" for b in backlog[::5])
           + f"; max {max(backlog, default=0) / 2**20:.1f}; {'bounded' if trial.bounded() else 'GROWING'}")
+    print("spool size, read segments kept for a replay after a crash included (MiB, every 5 s): "
+          + " ".join(f"{b / 2**20:.1f}" for b in spool[::5]))
     print(f"plain Python loop, same work over {lines:,} lines of the same mix: {plain:,.0f} lines/s")
     print(f"BENCH alarm_latencies={len(alarm)} result_rows={sum(len(v) for v in trial.samples.first_seen.values())}"
           f" bounded={trial.bounded()}" + (f" FAILED {trial.failed}" if trial.failed else ""))
@@ -222,7 +226,7 @@ def search(args: argparse.Namespace, work: Path, logs: Path, traffic: Any, lines
     """The maximum sustainable rates of the config (as given, no webhook) and of the embedded defaults."""
     from bench import steady
 
-    print("\nmaximum sustainable rate (backlog not growing over a trial's second half):", flush=True)
+    print("\nmaximum sustainable rate (unread backlog not growing over a trial's second half):", flush=True)
     rows = []
     for name, cfg, start, bad in ((args.config or "embedded defaults", args.config, args.search_start[0],
                                    args.search_bad[0]),

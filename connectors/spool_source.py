@@ -64,7 +64,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from connectors import beam_fixes  # noqa: F401  (installs its guard in every worker that runs this read)
 from connectors.archives import STATS
-from connectors.gateway.spool import NEXT_SEQ, SEGMENTS, Segment
+from connectors.gateway.spool import NEXT_SEQ, SEGMENTS, Segment, list_segments
 from connectors.spool_store import Journal, SpoolStore, open_store
 from transforms.als import parse_timestamp
 from transforms.event import BatchCoder, LineBatch
@@ -258,6 +258,30 @@ class SpoolMark(CheckpointMark):
         return f"SpoolMark({self.positions}, watermark_ms={self.watermark_ms})"
 
 
+def _parse_cuts(data: bytes) -> Iterator[tuple[str, int, int, int, int | None]]:
+    """(category, seq, start, end, watermark or None) per complete line of a cuts journal."""
+    for line in data.splitlines():
+        parts = line.split()
+        if len(parts) == 5:  # a line cut short by a crash was never followed by its batch
+            ms = int(parts[4])
+            yield parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]), None if ms < 0 else ms
+
+
+def unread_bytes(spool_dir: str | Path) -> int:
+    """Bytes of a local spool's segments that no reader has cut into a batch yet: how far the stream is
+    behind the gateway. The spool's size is not that: it also holds read segments kept for a replay after a
+    crash (up to `replay_bytes`)."""
+    read_to: dict[int, int] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for _, seq, _, end, _ in _parse_cuts((Path(spool_dir) / _reader_file(CUTS)).read_bytes()):
+            read_to[seq] = max(read_to.get(seq, 0), end)
+    total = 0
+    for segment in list_segments(spool_dir):
+        with contextlib.suppress(FileNotFoundError):
+            total += max(0, segment.path.stat().st_size - read_to.get(segment.seq, 0))
+    return total
+
+
 class _Cuts:
     """The journal of cuts (`DIR/reader/cuts`, one `category seq start end watermark` line per batch handed
     out): the batch boundaries a re-read must repeat, and the watermark the batch was read under (-1: none),
@@ -269,11 +293,8 @@ class _Cuts:
         self.journal: Journal = store.journal(_reader_file(CUTS))
         self.by_seq: dict[int, dict[int, tuple[int, int | None]]] = {}  # seq -> start -> (end, watermark)
         self.category: dict[int, str] = {}
-        for line in self.journal.read().splitlines():
-            parts = line.split()
-            if len(parts) == 5:  # a line cut short by a crash was never followed by its batch
-                ms = int(parts[4])
-                self._add(parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3]), None if ms < 0 else ms)
+        for cut in _parse_cuts(self.journal.read()):
+            self._add(*cut)
 
     def _add(self, category: str, seq: int, start: int, end: int, watermark_ms: int | None) -> None:
         self.by_seq.setdefault(seq, {})[start] = (end, watermark_ms)

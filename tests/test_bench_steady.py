@@ -29,4 +29,4 @@ def test_steady_mode_reports_alarm_latency_and_results(capsys: pytest.CaptureFix
     assert found, out
     assert int(found.group(1)) >= 1, out
     assert int(found.group(2)) >= 1, out
-    assert "| alarm: crossing POST acked -> webhook" in out and "spool backlog" in out
+    assert "| alarm: crossing POST acked -> webhook" in out and "unread backlog" in out and "spool size" in out

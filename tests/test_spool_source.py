@@ -22,7 +22,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from connectors import spool_source
 from connectors.archives import STATS
-from connectors.gateway.spool import SpoolWriter, list_segments, read_lines, segment_dir, spool_lines
+from connectors.gateway.spool import SpoolWriter, list_segments, read_lines, segment_dir, spool_bytes, spool_lines
 from connectors.spool_source import ReadFromSpool, SpoolMark, SpoolReader, SpoolSource, event_ms
 from tests.servers.prism import PrismServer
 from transforms.event import LineBatch
@@ -493,3 +493,16 @@ def test_streams_the_spool_on_prism(prism: PrismServer, tmp_path: Path) -> None:
 
     assert deleted_while_running  # finalize removed the first, fully read segments during the run
     assert [s.path for s in list_segments(spool)] == [open_path]  # every sealed one read and deleted, not it
+
+
+def test_unread_bytes_is_what_no_reader_has_cut_yet_not_the_spools_size(tmp_path: Path) -> None:
+    lines = [als(NOW_S, i) for i in range(8)]
+    write_segment(tmp_path, 0, "pv", lines[:4])
+    write_segment(tmp_path, 1, "pv", lines[4:], sealed=False)
+    total = spool_bytes(tmp_path)
+    assert spool_source.unread_bytes(tmp_path) == total  # nothing read yet
+    r = reader(tmp_path, batch_lines=3)
+    drain(r, limit=1, started=False)  # one batch of 3 lines handed out, and recorded in the cuts journal
+    assert spool_source.unread_bytes(tmp_path) == total - sum(len(line) + 1 for line in lines[:3])
+    drain(r)
+    assert spool_source.unread_bytes(tmp_path) == 0 and spool_bytes(tmp_path) == total  # read, still kept
