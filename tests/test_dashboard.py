@@ -170,7 +170,7 @@ def test_rate_over_recent_samples() -> None:
 def test_every_beam_counter_becomes_a_prometheus_metric() -> None:
     status = {"healthy": True, "state": "RUNNING", "runner": "PrismRunner", "lines_in": 10, "lines_out": 9,
               "sinks": {"events": 8}, "dead_letters": {"empty line": 1},
-              "inputs": [{"name": "spool", "watermark_lag_s": 2.5, "backlog_bytes": 100}],
+              "inputs": [{"name": "spool", "watermark_lag_s": 2.5, "backlog_bytes": 100, "unread_bytes": 7}],
               "beam_counters": {"dpipe.late/alarms": 3, "dpipe.parse/events": 8},
               "beam_gauges": {"dpipe.geoip/db_build_epoch": 1530000000}}
     registry = CollectorRegistry(auto_describe=False)
@@ -180,7 +180,7 @@ def test_every_beam_counter_becomes_a_prometheus_metric() -> None:
                  'dpipe_job_state{runner="PrismRunner",state="RUNNING"} 1.0', 'dpipe_lines_in_total 10.0',
                  'dpipe_dead_letters_total{reason="empty line"} 1.0', 'dpipe_sink_rows_total{sink="events"} 8.0',
                  'dpipe_watermark_lag_seconds{input="spool"} 2.5', 'dpipe_spool_backlog_bytes{input="spool"} 100.0',
-                 'dpipe_up 1.0'):
+                 'dpipe_spool_unread_bytes{input="spool"} 7.0', 'dpipe_up 1.0'):
         assert line in text, line
     assert metric_name("dpipe.late", "pv-branch") == "dpipe_late_pv_branch"
 

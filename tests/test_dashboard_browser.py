@@ -214,12 +214,14 @@ def test_the_live_stream_dashboard_updates_after_lines_are_posted(browser, tmp_p
             status = orjson.loads(answer.read())
         assert status["state"] == "RUNNING" and status["lines_in"] == 153 and status["healthy"]
         assert status["sinks"]["events"] == 150 and status["dead_letters"] == {"not 3 fields": 3}
+        assert status["inputs"][0]["unread_bytes"] == 0  # every line is archived: all of them were read
         # Beam's own counters and the source's watermark gauges, read from the runner while the job runs
         metrics = WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda _: scraped(
             url, "dpipe_parse_events_total 150.0", "dpipe_input_watermark_ms_pv "))
         assert 'dpipe_sink_rows_total{sink="events"} 150.0' in metrics
         assert 'dpipe_job_state{runner="PrismRunner",state="RUNNING"} 1.0' in metrics
         assert 'dpipe_watermark_lag_seconds{input="spool"}' in metrics
+        assert 'dpipe_spool_unread_bytes{input="spool"} 0.0' in metrics
         WebDriverWait(browser, 30).until(lambda d: card(d, "watermark_lag") not in ("n/a", None))
 
 

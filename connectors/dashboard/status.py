@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -68,6 +69,16 @@ class Rate:
         return (v1 - v0) / (t1 - t0) if t1 > t0 else None
 
 
+def _unread(spec: dict[str, Any]) -> int | None:
+    """A local spool's bytes no reader has read yet (None for other inputs)."""
+    path = spec.get("path")
+    if spec.get("name") != "spool" or not path or not Path(path).is_dir():
+        return None
+    from connectors.spool_source import unread_bytes  # imports Beam: only a stream asks
+
+    return unread_bytes(path)
+
+
 class StreamStatus:
     """`/status` of a running stream: call it for a fresh dict (cheap; the outputs' counts are cached)."""
 
@@ -93,7 +104,8 @@ class StreamStatus:
         # the source's lag is its freshest input's: an idle category holds no watermark back, nor fails health
         marks = watermarks(gauges)
         inputs = [{**spec, "kind": "source", **_lag(max(marks.values(), default=None), now),
-                   "backlog_bytes": gateway.get("spool_bytes")} for spec in self._inputs]
+                   "backlog_bytes": gateway.get("spool_bytes"), "unread_bytes": _unread(spec)}
+                  for spec in self._inputs]
         inputs += [{"name": name, "kind": "category", **_lag(ms, now)} for name, ms in sorted(marks.items())]
         late = {k: v for k, v in counters.items() if "late" in k}
         status: Status = {
@@ -183,15 +195,20 @@ class StatusCollector(Collector):
         yield dead
         lag = GaugeMetricFamily("dpipe_watermark_lag_seconds", "Wall clock minus the input's watermark.",
                                 labels=["input"])
-        backlog = GaugeMetricFamily("dpipe_spool_backlog_bytes", "Bytes in the spool not yet released.",
-                                    labels=["input"])
+        backlog = GaugeMetricFamily("dpipe_spool_backlog_bytes", "Bytes in the spool not yet released (read "
+                                    "segments kept for a replay after a crash included).", labels=["input"])
+        unread = GaugeMetricFamily("dpipe_spool_unread_bytes", "Bytes in the spool no reader has read yet: how "
+                                   "far the stream is behind the gateway.", labels=["input"])
         for i in s.get("inputs", []):
             if i.get("watermark_lag_s") is not None:
                 lag.add_metric([i.get("name", "")], i["watermark_lag_s"])
             if i.get("backlog_bytes") is not None:
                 backlog.add_metric([i.get("name", "")], i["backlog_bytes"])
+            if i.get("unread_bytes") is not None:
+                unread.add_metric([i.get("name", "")], i["unread_bytes"])
         yield lag
         yield backlog
+        yield unread
         for key, value in sorted(s.get("beam_counters", {}).items()):
             yield _counter(metric_name(*key.split("/", 1)), f"Beam counter {key}.", value)
         for key, value in sorted(s.get("beam_gauges", {}).items()):
