@@ -4,6 +4,7 @@ every result, one definition of a day, an ISO week and a month, in UTC or a time
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -44,8 +45,10 @@ def next_period(start: date, period: str) -> date:
     return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
+@functools.lru_cache(maxsize=4096)
 def period_bounds(start: str, period: str, tz: str = "UTC") -> tuple[int, int]:
-    """A calendar period (its first day, ISO) as [start, end) epoch ms: local midnights in `tz`."""
+    """A calendar period (its first day, ISO) as [start, end) epoch ms: local midnights in `tz`. Cached: the
+    funnel asks for every row, and a stream has few periods open at a time."""
     zone = UTC if tz == "UTC" else ZoneInfo(tz)
     first = date.fromisoformat(start)
     after = next_period(first, period)
