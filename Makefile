@@ -34,8 +34,9 @@ test: lint tools browser
 	$(PY) -m pytest
 
 # Local streaming servers built with Go from the module proxy into .tools/ (nothing under $$HOME): Beam's
-# Prism runner, pinned to the Python SDK's version, and Google's in-memory Pub/Sub server (pstest).
-# A binary that exists is not rebuilt: delete .tools/bin/prism after changing PRISM_VERSION.
+# Prism runner, pinned to the Python SDK's version with dpipe's patches applied (third_party/prism/README.md),
+# and Google's in-memory Pub/Sub server (pstest). A binary newer than its patches is not rebuilt: delete
+# .tools/bin/prism after changing PRISM_VERSION.
 GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 PRISM_VERSION := v2.77.0
 TOOLS := $(CURDIR)/.tools
@@ -44,8 +45,18 @@ GOENV := GOPATH=$(TOOLS)/go GOMODCACHE=$(TOOLS)/go/mod GOCACHE=$(TOOLS)/go/cache
 
 tools: .tools/bin/prism .tools/bin/pstest
 
-.tools/bin/prism:
-	$(GOENV) $(GO) install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION)
+PRISM_MODULE := github.com/apache/beam/sdks/v2@$(PRISM_VERSION)
+PRISM_SRC := $(TOOLS)/src/beam-sdks-$(PRISM_VERSION)
+
+.tools/bin/prism: $(wildcard third_party/prism/*.patch)
+	$(GOENV) $(GO) mod download $(PRISM_MODULE)
+	rm -rf $(PRISM_SRC) && mkdir -p $(PRISM_SRC)
+	cp -r $(TOOLS)/go/mod/$(PRISM_MODULE)/go.mod $(TOOLS)/go/mod/$(PRISM_MODULE)/go.sum \
+		$(TOOLS)/go/mod/$(PRISM_MODULE)/go $(PRISM_SRC)/
+	chmod -R u+w $(PRISM_SRC)
+	cd $(PRISM_SRC) && for patch in $(sort $(abspath $(wildcard third_party/prism/*.patch))); do \
+		GIT_CEILING_DIRECTORIES=$(TOOLS)/src git apply -p1 "$$patch" || exit 1; done
+	cd $(PRISM_SRC) && $(GOENV) $(GO) build -o $(TOOLS)/bin/prism ./go/cmd/prism
 
 .tools/bin/pstest: tests/servers/pstest/main.go tests/servers/pstest/go.mod tests/servers/pstest/go.sum
 	cd tests/servers/pstest && $(GOENV) $(GO) build -o $(TOOLS)/bin/pstest .

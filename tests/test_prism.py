@@ -8,8 +8,10 @@ Every probe appends a JSON line with the wall-clock time to a file: the LOOPBACK
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +227,44 @@ def test_cancel_stops_a_running_stream(prism: PrismServer, tmp_path: Path) -> No
     time.sleep(2)
     for name in ("fixed.jsonl", "finalize.jsonl", "sliding.jsonl"):
         assert not [r for r in read_notes(tmp_path, name) if r["wall"] > cancelled + 1], name
+
+
+class _HoldDoFn(beam.DoFn):
+    """Holds its bundle (a stage with no outputs) until the test writes `release`; `started` says it holds."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+
+    def process(self, element: int) -> Iterator[int]:
+        Path(self._folder, "started").touch()
+        while not Path(self._folder, "release").exists():
+            time.sleep(0.05)
+        return iter(())
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_prism_waits_for_a_bundle_without_spinning(prism: PrismServer, tmp_path: Path) -> None:
+    """Beam 2.77's Prism spun a core per bundle in flight once the bundle's data was in (a closed channel in
+    its progress loop's select); dpipe builds it with third_party/prism/select-spin.patch. A bundle with no
+    outputs is in that state from its start: while one is held, Prism must stay near idle."""
+    assert prism.pid is not None
+    p = beam.Pipeline(options=PipelineOptions(prism.options()))
+    _ = p | beam.Create([1]) | beam.ParDo(_HoldDoFn(str(tmp_path)))
+    result = p.run()
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline, "the bundle never started"
+            time.sleep(0.05)
+        cpu0, wall0 = cpu_seconds(prism.pid), time.monotonic()
+        while time.monotonic() - wall0 < 2.0:  # the measured span: the bundle is held all along
+            time.sleep(0.1)
+        busy = (cpu_seconds(prism.pid) - cpu0) / (time.monotonic() - wall0)
+    finally:
+        (tmp_path / "release").touch()
+    result.wait_until_finish()
+    assert busy < 0.25, f"Prism used {busy:.0%} of a core while one bundle was held"
