@@ -30,7 +30,15 @@ from apache_beam.transforms import window
 from transforms.behaviour import BehaviourBatch, BehaviourRow
 from transforms.fields import flat_name
 from transforms.keys import result_id
-from transforms.lateness import DEFAULT_ALLOWED_LATENESS_S, DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
+from transforms.lateness import (
+    DEFAULT_ALLOWED_LATENESS_S,
+    DEFAULT_REFRESH_S,
+    ConvergingCombine,
+    Late,
+    SlotWindows,
+    converging,
+    cutoff,
+)
 from transforms.times import period_bounds, period_start, utc_day
 
 ORDERS = ("any", "strict")
@@ -334,9 +342,9 @@ class FunnelCounts(beam.PTransform):
         )
 
     def _unbounded(self, batches: beam.PCollection) -> beam.PCollection:
-        """Per (user, period): the runner keeps the rows of the period's window, a pane recomputes the user's
-        depth from all of them (so order and delay do not matter), and a second windowed combine counts each
-        user once per slot at their latest depth."""
+        """Per (user, period): the runner keeps the rows of the period's window (accumulating panes), a pane
+        recomputes the user's depth from all of them (so order and delay do not matter), and a running combine
+        counts each user once per slot at their latest depth."""
         spec, refresh = self._spec, self._refresh
         lateness_s = spec.lateness_ms / 1000
         late = Late(f"funnels/{spec.name}")
@@ -347,8 +355,8 @@ class FunnelCounts(beam.PTransform):
             | "UserWindows" >> converging(SlotWindows(lambda key: period_window(spec, key[1])), lateness_s, refresh)
             | "GroupUserPeriod" >> beam.GroupByKey()
             | "UserDepths" >> beam.ParDo(_PeriodDepthsDoFn(spec))
-            | "SlotWindows" >> converging(SlotWindows(lambda slot: period_window(spec, slot[0])), lateness_s, refresh)
-            | "Count" >> beam.CombinePerKey(_LatestDepthsFn(len(spec.steps)))
+            | "Count" >> ConvergingCombine(_LatestDepthsFn(len(spec.steps)),
+                                           SlotWindows(lambda slot: period_window(spec, slot[0])), lateness_s, refresh)
             | "Result" >> beam.MapTuple(lambda slot, users: result(spec, slot, users))
             | "Global" >> beam.WindowInto(window.GlobalWindows())
         )

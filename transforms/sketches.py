@@ -16,7 +16,7 @@ import datasketches
 from apache_beam.transforms import window
 
 from transforms.event import Event, EventBatch
-from transforms.lateness import DEFAULT_REFRESH_S, Late, SlotWindows, converging, cutoff
+from transforms.lateness import DEFAULT_REFRESH_S, ConvergingCombine, Late, SlotWindows, cutoff
 from transforms.partials import PartialsDoFn
 
 Slot = tuple  # (key, ..., start ISO date or ms): its last item is when the slot starts
@@ -171,11 +171,8 @@ class SketchPerSlot(beam.PTransform):
         label, make_slots_of, bounds, lateness_s = self.label, self._slots_of, self._bounds, self._lateness_s
         sketches = batches | "Sketch" >> beam.ParDo(PartialsDoFn(
             lambda: SketchFolder(label, kind, make_slots_of(), bounds, lateness_s), self._max_slots))
-        if not batches.is_bounded:
-            sketches = sketches | "Windows" >> converging(SlotWindows(self._bounds), self._lateness_s, self._refresh)
-        results = (
-            sketches
-            | "Merge" >> beam.CombinePerKey(_MergeFn(kind))
-            | "Result" >> beam.MapTuple(lambda slot, blob: result(slot, kind.deserialize(blob), blob))
-        )
+        merged = sketches | "Merge" >> (
+            beam.CombinePerKey(_MergeFn(kind)) if batches.is_bounded
+            else ConvergingCombine(_MergeFn(kind), SlotWindows(self._bounds), self._lateness_s, self._refresh))
+        results = merged | "Result" >> beam.MapTuple(lambda slot, blob: result(slot, kind.deserialize(blob), blob))
         return results if batches.is_bounded else results | "Global" >> beam.WindowInto(window.GlobalWindows())

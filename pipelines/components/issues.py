@@ -30,7 +30,7 @@ from transforms.decorate import IndexNamer
 from transforms.event import EventBatch, decode_raw
 from transforms.fields import DottedKey, Keys, reader, text_of
 from transforms.keys import result_id
-from transforms.lateness import Late, converging
+from transforms.lateness import ConvergingCombine, Late
 from transforms.partials import PartialsDoFn
 from transforms.sketches import Hll
 from transforms.times import iso_ms
@@ -240,9 +240,9 @@ class Issues(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         conf, namer = self._conf, self._namer
         partials = batches | "PreAggregate" >> beam.ParDo(PartialsDoFn(lambda: IssueFolder(conf), 20_000))
-        if not batches.is_bounded:  # one global window: a pane every second while lines arrive
-            partials = partials | "Panes" >> converging(window.GlobalWindows(), 0, 1)
-        issues = partials | "Combine" >> beam.CombinePerKey(_MergeFn(conf))
+        issues = partials | "Combine" >> (  # unbounded: one global window, a pane every second while lines arrive
+            beam.CombinePerKey(_MergeFn(conf)) if batches.is_bounded
+            else ConvergingCombine(_MergeFn(conf), window.GlobalWindows(), 0, 1))
         rows = issues | "Row" >> beam.MapTuple(  # str keys: a deterministic coder for the keyed state below
             lambda fp, acc: (fp, (issue_row(conf, namer, fp, acc), acc))).with_output_types(tuple[str, Any])
         if self._notifiers is not None:
