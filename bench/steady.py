@@ -149,13 +149,15 @@ def bench_config(template: str, work: Path, webhook: str | None, interval: int |
 class Samples:
     backlog: list[tuple[float, int]] = field(default_factory=list)  # (wall time, bytes no reader has cut yet)
     spool: list[tuple[float, int]] = field(default_factory=list)  # (wall time, bytes in the spool's segments)
-    first_seen: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)  # (kind, name, end ms)
+    # (kind, name, end ms, _id) -> (when seen, the row's bytes), in the order the rows were written
+    first_seen: dict[tuple[str, str, int, str], list[tuple[float, bytes]]] = field(default_factory=dict)
     first_card: float | None = None
 
 
 def sample(out: Path, spool: Path, stop: threading.Event, samples: Samples) -> None:
     """Every second: the spool's bytes, and the result rows of files not read before (files are published
-    whole, by rename, so a file seen once is complete)."""
+    whole, by rename, so a file seen once is complete; names sort in emission order, as `latest_rows` reads
+    them)."""
     seen: set[Path] = set()
     while not stop.wait(1.0):
         now = time.time()
@@ -165,7 +167,7 @@ def sample(out: Path, spool: Path, stop: threading.Event, samples: Samples) -> N
             folder = out / kind
             if not folder.is_dir():
                 continue
-            for path in folder.rglob("*.jsonl"):
+            for path in sorted(folder.glob("part-*.jsonl")):
                 if path in seen:
                     continue
                 seen.add(path)
@@ -176,7 +178,8 @@ def sample(out: Path, spool: Path, stop: threading.Event, samples: Samples) -> N
                         continue
                     width = row.get("interval_s") or row.get("window_s") or 0
                     name = str(row.get("counter") or row.get("stat") or "")
-                    samples.first_seen.setdefault((kind, name, row["_t"] + width * 1000), []).append(now)
+                    key = (kind, name, row["_t"] + width * 1000, row["_id"])
+                    samples.first_seen.setdefault(key, []).append((now, line))
 
 
 # -- one run -------------------------------------------------------------------------------------------------------
@@ -207,16 +210,16 @@ class Trial:
         return out
 
     def result_delays(self, kind: str, out_of_order: float) -> list[float]:
-        """Per interval that ended (plus the out-of-order allowance) inside the run: first row at or after the
-        watermark's approximate passing; earlier running panes are not the interval's result."""
+        """Per interval of every key that ended (plus the out-of-order allowance) inside the run: how long after
+        the watermark's approximate passing its final row (the last one written for it) first came out; 0
+        when a running pane already had the final value (a discarding pane then has nothing to add)."""
         delays = []
-        for (k, _, end_ms), times in self.samples.first_seen.items():
+        for (k, _, end_ms, _), seen in self.samples.first_seen.items():
             due = end_ms / 1000 + out_of_order
             if k != kind or not (self.started <= due <= self.ended):
                 continue
-            after = [t for t in times if t >= due]
-            if after:
-                delays.append(min(after) - due)
+            first = min(t for t, line in seen if line == seen[-1][1])
+            delays.append(max(0.0, first - due))
         return delays
 
     def bounded(self) -> bool:

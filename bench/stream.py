@@ -11,7 +11,7 @@ same files, in the same run.
 
 `--steady` (bench/steady.py): live traffic at a fixed rate with error spikes every `--spike_every` seconds;
 reports alarm latency (crossing POST acknowledged -> webhook notification), results delay (wall clock past
-an interval's end + `stream.max_out_of_order`, the watermark's approximation, -> first row after it), the
+an interval's end + `stream.max_out_of_order`, the watermark's approximation, -> its final row first out), the
 unread backlog each second (spool bytes no reader has cut into a batch yet; the spool's size also holds read
 segments kept for a replay after a crash) and whether it stays bounded; `--search` adds the maximum
 sustainable rate of the config and of the embedded defaults (doubling, then bisecting; each trial `--trial_seconds`).
@@ -208,7 +208,7 @@ def measured(args: argparse.Namespace, job: Any, traffic: Any, config: Path | No
     print("| measure | p50 s | p99 s | n |\n|---|---:|---:|---:|")
     print(f"| alarm: crossing POST acked -> webhook ({len(trial.spikes)} spikes) | {_ms(alarm)} |")
     for kind, values in delays.items():
-        print(f"| {kind}: wall clock past end + {ooo:g} s -> first row after it | {_ms(values)} |")
+        print(f"| {kind}: wall clock past end + {ooo:g} s -> its final row out | {_ms(values)} |")
     print(f"| cardinality: first POST -> first running row (day periods: no end in the run) | "
           f"{'-' if first_card is None else f'{first_card:.2f}'} | | |")
     spool = [b for t, b in trial.samples.spool if t <= trial.ended]
