@@ -60,7 +60,7 @@ class BehaviourBatch:
     watermark_ms: int | None = None
 
 
-def _row_fields(row: BehaviourRow) -> tuple:
+def row_fields(row: BehaviourRow) -> tuple:
     return row.user, row.ts, row.action, row.category, row.area, row.dims
 
 
@@ -69,7 +69,7 @@ class BehaviourRowCoder(coders.Coder):
     encode and decode), paid per row where rows cross stages (the funnels group them by user)."""
 
     def encode(self, row: BehaviourRow) -> bytes:
-        return pickle.dumps(_row_fields(row), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(row_fields(row), protocol=pickle.HIGHEST_PROTOCOL)
 
     def decode(self, encoded: bytes) -> BehaviourRow:
         return BehaviourRow(*pickle.loads(encoded))
@@ -86,7 +86,7 @@ class BehaviourBatchCoder(coders.Coder):
     runner samples element sizes; pickling a whole batch to size it cost ~20 ms)."""
 
     def encode(self, batch: BehaviourBatch) -> bytes:
-        rows = [_row_fields(r) for r in batch.rows]
+        rows = [row_fields(r) for r in batch.rows]
         return pickle.dumps((batch.shard, batch.seq, rows, batch.watermark_ms), protocol=pickle.HIGHEST_PROTOCOL)
 
     def decode(self, encoded: bytes) -> BehaviourBatch:

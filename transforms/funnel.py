@@ -27,21 +27,22 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from transforms.behaviour import BehaviourBatch, BehaviourRow
+from transforms.behaviour import BehaviourBatch, BehaviourRow, row_fields
 from transforms.fields import flat_name
 from transforms.keys import result_id
 from transforms.lateness import (
     DEFAULT_ALLOWED_LATENESS_S,
-    DEFAULT_REFRESH_S,
     ConvergingCombine,
     Late,
     SlotWindows,
-    converging,
     cutoff,
 )
 from transforms.times import period_bounds, period_start, utc_day
 
 ORDERS = ("any", "strict")
+FUNNEL_REFRESH_S = 60
+"""Streams re-emit running funnel counts this often: each refresh reads and writes the running state of every
+user with new rows (a blocking round trip to the runner each), so less often than other running results."""
 Slot = tuple[str, tuple[str, ...]]  # (period start, dimension values)
 
 
@@ -276,19 +277,31 @@ def _user_periods(spec: FunnelSpec, late: Late):
     return keyed
 
 
-class _PeriodDepthsDoFn(beam.DoFn):
-    """A pane of one user's rows of one period (all so far: panes accumulate) -> the user's depth in each of
-    that period's slots, tagged with the pane's index so that the latest pane wins downstream."""
+class _RowsFn(beam.CombineFn):
+    """A user's rows of a period, as plain tuples (cheap to pickle: the running state holds them)."""
 
-    def __init__(self, spec: FunnelSpec) -> None:
-        self._spec = spec
+    def create_accumulator(self) -> list[tuple]:
+        return []
 
-    def process(self, element: tuple[tuple[str, str], Iterable[BehaviourRow]],
-                pane=beam.DoFn.PaneInfoParam) -> Iterator[tuple[Slot, tuple[str, int, int]]]:
-        (user, start), rows = element
-        for slot, depth in user_depths(self._spec, rows).items():
-            if slot[0] == start:
-                yield slot, (user, pane.index, depth)
+    def add_input(self, acc: list[tuple], row: BehaviourRow) -> list[tuple]:
+        acc.append(row_fields(row))
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[tuple]]) -> list[tuple]:
+        return [row for acc in accs for row in acc]
+
+    def extract_output(self, acc: list[tuple]) -> list[tuple]:
+        return acc
+
+
+def period_depths(spec: FunnelSpec, user: str, start: str,
+                  rows: list[tuple]) -> Iterator[tuple[Slot, tuple[str, int, int]]]:
+    """All of a user's rows of one period so far -> the user's depth in each of that period's slots, tagged
+    with the number of rows it stands on: rows only accumulate, so the depth from the most rows wins
+    downstream, whatever order the panes arrive in."""
+    for slot, depth in user_depths(spec, (BehaviourRow(*r) for r in rows)).items():
+        if slot[0] == start:
+            yield slot, (user, len(rows), depth)
 
 
 class _LatestDepthsFn(beam.CombineFn):
@@ -301,9 +314,9 @@ class _LatestDepthsFn(beam.CombineFn):
         return {}
 
     def add_input(self, acc: dict[str, tuple[int, int]], item: tuple[str, int, int]) -> dict[str, tuple[int, int]]:
-        user, pane, depth = item
-        if user not in acc or acc[user][0] <= pane:
-            acc[user] = (pane, depth)
+        user, version, depth = item
+        if user not in acc or acc[user][0] <= version:
+            acc[user] = (version, depth)
         return acc
 
     def merge_accumulators(self, accs: Iterable[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]]:
@@ -324,7 +337,7 @@ class FunnelCounts(beam.PTransform):
     `refresh_s` seconds of processing time while rows arrive.
     """
 
-    def __init__(self, spec: FunnelSpec, refresh_s: float = DEFAULT_REFRESH_S) -> None:
+    def __init__(self, spec: FunnelSpec, refresh_s: float = FUNNEL_REFRESH_S) -> None:
         super().__init__(f"Funnel[{spec.name}]")
         self._spec, self._refresh = spec, refresh_s
 
@@ -342,9 +355,9 @@ class FunnelCounts(beam.PTransform):
         )
 
     def _unbounded(self, batches: beam.PCollection) -> beam.PCollection:
-        """Per (user, period): the runner keeps the rows of the period's window (accumulating panes), a pane
-        recomputes the user's depth from all of them (so order and delay do not matter), and a running combine
-        counts each user once per slot at their latest depth."""
+        """Per (user, period): a running state keeps the rows of the period's window, each pane recomputes the
+        user's depth from all of them (so order and delay do not matter), and a second running combine counts
+        each user once per slot at their depth from the most rows."""
         spec, refresh = self._spec, self._refresh
         lateness_s = spec.lateness_ms / 1000
         late = Late(f"funnels/{spec.name}")
@@ -352,9 +365,9 @@ class FunnelCounts(beam.PTransform):
             batches
             | "ByUserPeriod" >> beam.FlatMap(_user_periods(spec, late)).with_output_types(
                 tuple[tuple[str, str], BehaviourRow])
-            | "UserWindows" >> converging(SlotWindows(lambda key: period_window(spec, key[1])), lateness_s, refresh)
-            | "GroupUserPeriod" >> beam.GroupByKey()
-            | "UserDepths" >> beam.ParDo(_PeriodDepthsDoFn(spec))
+            | "UserRows" >> ConvergingCombine(_RowsFn(), SlotWindows(lambda key: period_window(spec, key[1])),
+                                              lateness_s, refresh)
+            | "UserDepths" >> beam.FlatMapTuple(lambda key, rows: period_depths(spec, key[0], key[1], rows))
             | "Count" >> ConvergingCombine(_LatestDepthsFn(len(spec.steps)),
                                            SlotWindows(lambda slot: period_window(spec, slot[0])), lateness_s, refresh)
             | "Result" >> beam.MapTuple(lambda slot, users: result(spec, slot, users))
