@@ -21,8 +21,8 @@ from pipelines.config import ConfigError, load_config, parse_config
 from pipelines.funnel import format_funnels, read_results
 from pipelines.funnel import main as funnel_cli
 from tests.conftest import PINNED, runner_options
-from transforms.behaviour import BehaviourBatch, BehaviourRow
-from transforms.funnel import FunnelCounts, FunnelSpec, StepSpec, reference_depths, user_depths
+from transforms.behaviour import BehaviourBatch, BehaviourRow, row_fields
+from transforms.funnel import FunnelCounts, FunnelSpec, StepSpec, period_depths, reference_depths, user_depths
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN = 60_000
@@ -61,6 +61,16 @@ def test_known_answers() -> None:
     assert depth(s, [row("visit", 0), row("visit", 20), row("cart", 25), row("pay", 40)]) == 3
     wrong = BehaviourRow("u1", T0 + 10 * MIN, "pay", "click", "us")
     assert depth(s, [row("visit", 0), row("cart", 5), wrong]) == 2, "a step's condition must hold"
+
+
+def test_a_streams_depth_per_period_is_tagged_with_the_rows_it_stands_on() -> None:
+    """The stream's running state holds a user's rows as tuples; the depth from more rows wins downstream."""
+    s = spec()
+    rows = [row_fields(r) for r in (row("pay", 10), row("visit", 0), row("cart", 5))]
+    start = s.slot(row("visit", 0))[0]
+    assert list(period_depths(s, "u1", start, rows[:2])) == [((start, ()), ("u1", 2, 1))]
+    assert list(period_depths(s, "u1", start, rows)) == [((start, ()), ("u1", 3, 3))]
+    assert list(period_depths(s, "u1", "1999-01-01", rows)) == []  # only the asked period's slots
 
 
 def test_strict_order_ends_an_attempt_at_any_other_step() -> None:

@@ -333,7 +333,7 @@ class _LatestDepthsFn(beam.CombineFn):
 class FunnelCounts(beam.PTransform):
     """BehaviourBatches -> one result per (period, dimension values): users per step and conversions.
 
-    Bounded: exact counts once the input ends. Unbounded: running counts, re-emitted (accumulating) every
+    Bounded: exact counts once the input ends. Unbounded: running counts, re-emitted (whole so far) every
     `refresh_s` seconds of processing time while rows arrive.
     """
 
