@@ -26,6 +26,7 @@ import pytest
 
 from tests.servers.pubsub import PubSubServer
 from transforms.category import category_from_path
+from transforms.funnel import FUNNEL_REFRESH_S
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +246,8 @@ def test_the_whole_engine_template_streams(sample, tmp_path: Path, stopped) -> N
 
     wait_for("every posted line archived or dead-lettered", landed, 120, stream, log)
     sinks = ("counters", "cardinality", "stats", "behaviour", "funnels")
-    wait_for("every analysis sink", lambda: all(list((out / s).rglob("part-*")) for s in sinks), 60, stream, log)
+    # running funnel counts come every FUNNEL_REFRESH_S (60 s) of processing time, the others every 10 s
+    wait_for("every analysis sink", lambda: all(list((out / s).rglob("part-*")) for s in sinks),
+             60 + FUNNEL_REFRESH_S, stream, log)
     stream.send_signal(signal.SIGTERM)
     assert stream.wait(60) == 0, log.read_text()[-3000:]

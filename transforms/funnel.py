@@ -32,6 +32,7 @@ from transforms.fields import flat_name
 from transforms.keys import result_id
 from transforms.lateness import (
     DEFAULT_ALLOWED_LATENESS_S,
+    DEFAULT_REFRESH_S,
     ConvergingCombine,
     Late,
     SlotWindows,
@@ -368,8 +369,9 @@ class FunnelCounts(beam.PTransform):
             | "UserRows" >> ConvergingCombine(_RowsFn(), SlotWindows(lambda key: period_window(spec, key[1])),
                                               lateness_s, refresh)
             | "UserDepths" >> beam.FlatMapTuple(lambda key, rows: period_depths(spec, key[0], key[1], rows))
-            | "Count" >> ConvergingCombine(_LatestDepthsFn(len(spec.steps)),
-                                           SlotWindows(lambda slot: period_window(spec, slot[0])), lateness_s, refresh)
+            | "Count" >> ConvergingCombine(_LatestDepthsFn(len(spec.steps)),  # few keys: its own panes come soon
+                                           SlotWindows(lambda slot: period_window(spec, slot[0])), lateness_s,
+                                           min(refresh, DEFAULT_REFRESH_S))
             | "Result" >> beam.MapTuple(lambda slot, users: result(spec, slot, users))
             | "Global" >> beam.WindowInto(window.GlobalWindows())
         )
