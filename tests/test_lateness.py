@@ -53,10 +53,16 @@ def run(transform: beam.PTransform, steps: list[Step], make: Callable[[list, int
             stream.advance_watermark_to(T0 + what)
             watermark_ms = (T0 + what) * S
     stream.advance_watermark_to_infinity()
-    options = PipelineOptions(runner or ["--runner=BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
+    options = streaming_options(runner)
     with beam.Pipeline(options=options) as p:
         assert_that(p | stream | transform, check)
+
+
+def streaming_options(runner: list[str] | None) -> PipelineOptions:
+    """Streaming pipeline options for `runner`'s flags (default: the BundleBasedDirectRunner)."""
+    options = PipelineOptions(runner or ["--runner=BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    return options
 
 
 @pytest.fixture(params=["direct", "prism"])
@@ -120,8 +126,7 @@ def test_a_running_combine_merges_every_pane_even_after_its_windows_end(runner: 
     def check(counts: list[int]) -> None:
         assert sorted(set(counts)) == [2, 3, 4], counts
 
-    options = PipelineOptions(runner or ["--runner=BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
+    options = streaming_options(runner)
     with beam.Pipeline(options=options) as p:
         assert_that(p | stream | ConvergingCombine(combiners.CountCombineFn(), window.FixedWindows(60), LATENESS, 1)
                     | beam.Values(), check)
@@ -196,8 +201,7 @@ def test_a_panes_work_does_not_grow_with_the_windows_age(runner: list[str] | Non
     for i in range(panes):
         stream.add_elements([window.TimestampedValue(("k", 1), T0 + i)]).advance_processing_time(1.5)
     stream.advance_watermark_to_infinity()
-    options = PipelineOptions(runner or ["--runner=BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
+    options = streaming_options(runner)
     MERGED.clear()
     with beam.Pipeline(options=options) as p:
         totals = p | stream | ConvergingCombine(_CountedSum(), window.GlobalWindows(), 0, 1) | beam.Values()

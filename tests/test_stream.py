@@ -99,10 +99,14 @@ def alarms(out: Path) -> list[dict]:
 def stopped() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
-    for p in procs:
+    for p in procs:  # SIGTERM first: a stream then stops its Prism and gateway (a kill would orphan them)
         if p.poll() is None:
-            p.kill()
-            p.wait()
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def test_gateway_spool_stream_archive_and_alarm_survive_a_killed_gateway(tmp_path: Path, stopped) -> None:
