@@ -26,7 +26,6 @@ import pytest
 
 from tests.servers.pubsub import PubSubServer
 from transforms.category import category_from_path
-from transforms.funnel import FUNNEL_REFRESH_S
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,9 +248,10 @@ def test_the_whole_engine_template_streams(sample, tmp_path: Path, stopped) -> N
         return events + dead == posted
 
     wait_for("every posted line archived or dead-lettered", landed, 120, stream, log)
-    sinks = ("counters", "cardinality", "stats", "behaviour", "funnels")
-    # running funnel counts come every FUNNEL_REFRESH_S (60 s) of processing time, the others every 10 s
-    wait_for("every analysis sink", lambda: all(list((out / s).rglob("part-*")) for s in sinks),
-             60 + FUNNEL_REFRESH_S, stream, log)
+    live = ("counters", "cardinality", "stats", "behaviour")  # running panes every 10 s of processing time
+    wait_for("every analysis sink but funnels", lambda: all(list((out / s).rglob("part-*")) for s in live),
+             60, stream, log)
     stream.send_signal(signal.SIGTERM)
     assert stream.wait(60) == 0, log.read_text()[-3000:]
+    # funnel counts run every FUNNEL_REFRESH_S (60 s); a clean stop publishes what they have so far
+    assert sum(f.read_bytes().count(b"\n") for f in (out / "funnels").rglob("part-*")), log.read_text()[-3000:]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,18 +26,21 @@ PORT = re.compile(rb"gateway on http://127.0.0.1:(\d+)")
 class Collector(threading.Thread):
     """Posts batches until told to stop; a batch counts as acknowledged only on a 200, and is retried (to
     whichever gateway is up) until it gets one. `body(n)` makes the n-th batch; `keyed`: each batch has an
-    Idempotency-Key, so a retry after a gateway crash is never written twice."""
+    Idempotency-Key, so a retry after a gateway crash is never written twice. `per_second`: at most that
+    many batches a second (a steady load, and a volume the final checks read in seconds; unpaced, a
+    2-minute test posts millions of lines)."""
 
     def __init__(self, body: Callable[[int], list[bytes]] = lambda _: lines("us", "pv", 50),
-                 keyed: bool = False) -> None:
+                 keyed: bool = False, per_second: float | None = None) -> None:
         super().__init__(daemon=True)
         self.port: int | None = None
         self.acked: list[bytes] = []
         self.done = threading.Event()
         self._body, self._keyed = body, keyed
+        self._interval = 1 / per_second if per_second else 0.0
 
     def run(self) -> None:
-        n = 0
+        n, next_at = 0, time.monotonic()
         while not self.done.is_set():
             body, key = self._body(n), f"collector-{id(self)}-{n}" if self._keyed else None
             while self.port is None or post(self.port, "pv", body, key) != 200:
@@ -44,6 +48,9 @@ class Collector(threading.Thread):
                     return
             self.acked.extend(body)
             n += 1
+            next_at += self._interval
+            if self._interval and self.done.wait(max(0.0, next_at - time.monotonic())):
+                return
 
 
 @pytest.fixture
